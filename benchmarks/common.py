@@ -1,0 +1,94 @@
+"""What the benchmarks share: the corpus, image-match 1.1.2 loaded beside us, timing, tables."""
+
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_CORPUS = ROOT.parent / "shared" / "corpus" / "dev"
+TEST_DATA = ROOT / "tests" / "data"
+CACHE = Path(os.environ.get("IMAGE_MATCH_BENCH_CACHE", Path.home() / ".cache" / "image-match-bench"))
+
+
+def corpus_paths():
+    """The dev corpus when it is there (../shared/corpus/dev), else the repo's tests/data."""
+    folder = Path(os.environ.get("IMAGE_MATCH_CORPUS", SHARED_CORPUS))
+    if not folder.is_dir():
+        folder = TEST_DATA
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return folder, paths
+
+
+def load_image_match_1x():
+    """image-match 1.1.2's goldberg module, or None.
+
+    It is installed with ``pip install --no-deps --target`` into a cache folder and loaded under
+    another module name, since its package name is ours. One shim: it calls
+    ``skimage.io.imread(path, as_grey=True)``, a keyword scikit-image renamed ``as_gray``.
+    """
+    target = CACHE / "image-match-1.1.2"
+    module_path = target / "image_match" / "goldberg.py"
+    if not module_path.exists():
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+             "image-match==1.1.2"], capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"image-match 1.1.2 not available: {result.stderr.strip()[-200:]}", file=sys.stderr)
+            return None
+    try:
+        import skimage.io
+    except ImportError:
+        print("image-match 1.1.2 needs scikit-image: pip install scikit-image", file=sys.stderr)
+        return None
+    spec = importlib.util.spec_from_file_location("image_match_1x_goldberg", module_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def imread(path, as_grey=False, **kwargs):
+        return skimage.io.imread(path, as_gray=as_grey, **kwargs)
+
+    module.imread = imread
+    return module
+
+
+def optional_import(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def time_per_item(function, items, runs=3):
+    """Median over ``runs`` of the seconds per item of ``function`` applied to every item."""
+    function(items[0])  # warm caches and imports
+    per_item = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for item in items:
+            function(item)
+        per_item.append((time.perf_counter() - start) / len(items))
+    return statistics.median(per_item)
+
+
+def print_table(headers, rows, file=None):
+    """A reStructuredText simple table, ready to paste into README.rst."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    rule = "  ".join("=" * w for w in widths)
+    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(headers, widths)), rule]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.append(rule)
+    text = "\n".join(lines)
+    print(text, file=file)
+    return text
+
+
+def machine_line():
+    import platform
+
+    return (f"{platform.python_implementation()} {platform.python_version()}, "
+            f"{os.cpu_count()} cores, {platform.machine()}")

@@ -1,0 +1,5 @@
+"""``python -m image_match``: the command line."""
+
+from .cli import main
+
+main()

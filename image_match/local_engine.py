@@ -1,0 +1,424 @@
+"""Real single-node search engines on loopback, for tests, benchmarks and local use.
+
+The Maven projects in ``engines/`` (see ``engines/README.md``) assemble an OpenSearch 2.19 or an
+Elasticsearch 7.17 node from the artifacts on Maven Central and run it in one JVM with a small
+launcher: the real engine, its HTTP API and its Lucene indices, without a distribution tarball or
+Docker. This module builds those projects, starts a node as a detached process, waits until it
+answers, and records it in a state file so that another process can find and stop it::
+
+    from image_match import local_engine
+
+    with local_engine.start("opensearch", data_dir="/tmp/os") as engine:
+        print(engine.url)                      # http://127.0.0.1:PORT
+
+    engine = local_engine.start("opensearch")  # a user's node, in default_data_dir("opensearch")
+    local_engine.status(local_engine.default_data_dir("opensearch"))  # -> LocalEngine or None
+    local_engine.stop(local_engine.default_data_dir("opensearch"))
+
+A data directory holds one node: ``home/`` and ``data/`` (the engine's own), ``engine.log`` (the
+JVM's output), ``engine.json`` (the state file) and ``ready.json`` (written by the launcher once the
+node has bound its HTTP port).
+
+Needs a JDK 17 (``java``, or ``JAVA_HOME``) and Maven 3.6+ (``mvn``) with access to Maven Central
+for the first build. POSIX only: the node runs in its own session and is stopped with signals.
+Standard library only, so that it works before any optional dependency is installed.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from .errors import ImageMatchError, InvalidParameterError
+
+ENGINES = ("opensearch", "elasticsearch")
+
+#: The launcher class of each Maven project (engines/<kind>/src/main/java/...).
+_MAIN_CLASS = {
+    "opensearch": "org.imagematch.engines.OpenSearchNode",
+    "elasticsearch": "org.imagematch.engines.ElasticsearchNode",
+}
+
+#: Netty must not set its processor count itself: the engine does, from its own settings.
+_NETTY_PROCESSORS_PROPERTY = {
+    "opensearch": "opensearch.set.netty.runtime.available.processors",
+    "elasticsearch": "es.set.netty.runtime.available.processors",
+}
+
+STATE_FILE = "engine.json"
+LOG_FILE = "engine.log"
+READY_FILE = "ready.json"
+KIND_FILE = "engine-kind"
+_BUILD_STAMP = ".image-match-built"
+
+# The node is on loopback: an HTTP(S)_PROXY in the environment must not be asked for it.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def engines_dir():
+    """The folder that holds the engines' Maven projects (``opensearch/``, ``elasticsearch/``).
+
+    ``IMAGE_MATCH_ENGINES_DIR`` if set, else ``engines/`` beside the package in a source checkout.
+    Raises ImageMatchError when neither holds the projects (an installed wheel has no launchers).
+    """
+    configured = os.environ.get("IMAGE_MATCH_ENGINES_DIR", "").strip()
+    candidate = Path(configured) if configured else Path(__file__).resolve().parent.parent / "engines"
+    if (candidate / "opensearch" / "pom.xml").is_file():
+        return candidate
+    where = f"IMAGE_MATCH_ENGINES_DIR={configured}" if configured else str(candidate)
+    raise ImageMatchError(
+        f"engine launchers not found in {where}: set IMAGE_MATCH_ENGINES_DIR to the engines/ folder "
+        "of an image-match source checkout")
+
+
+def default_data_dir(kind="opensearch"):
+    """Where a user's node keeps its data: ``$XDG_DATA_HOME/image-match/engines/<kind>``
+    (``~/.local/share`` when XDG_DATA_HOME is not set), like the default SQLite store."""
+    _check_kind(kind)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "image-match" / "engines" / kind
+
+
+def build(kind="opensearch", mvn="mvn"):
+    """Build the launcher of ``kind`` with Maven unless it is up to date; return its classpath.
+
+    The build is skipped when its stamp is newer than the POM and every source file. The first
+    build downloads the engine's jars (about 50 MB) into ``~/.m2``. Concurrent callers (parallel
+    test workers) wait for one another on a lock file instead of building twice.
+    """
+    _check_kind(kind)
+    project = engines_dir() / kind
+    target = project / "target"
+    classpath = f"{target / 'classes'}{os.pathsep}{target / 'lib' / '*'}"
+    if _is_built(project):
+        return classpath
+    if shutil.which(mvn) is None:
+        raise ImageMatchError(
+            f"cannot build the {kind} engine: Maven ({mvn}) is not on PATH; install Maven 3.6+ and a JDK 17")
+
+    import fcntl  # POSIX only, like the rest of this module
+
+    target.mkdir(exist_ok=True)
+    with open(target / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_built(project):  # another process built it while this one waited
+            return classpath
+        # copy-dependencies never deletes: drop the old jars, or two versions of a jar would end
+        # up on the flat classpath after a version change in the POM.
+        for stale in ("lib", "classes"):
+            shutil.rmtree(target / stale, ignore_errors=True)
+        result = subprocess.run(
+            [mvn, "-B", "-q", "package"], cwd=project, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if result.returncode != 0:
+            tail = "\n".join(result.stdout.strip().splitlines()[-25:])
+            raise ImageMatchError(
+                f"building the {kind} engine failed ({mvn} package in {project}, "
+                f"exit {result.returncode}):\n{tail}")
+        (target / _BUILD_STAMP).touch()
+    return classpath
+
+
+def _is_built(project):
+    stamp = project / "target" / _BUILD_STAMP
+    if not stamp.is_file() or not any((project / "target" / "lib").glob("*.jar")):
+        return False
+    inputs = [project / "pom.xml", *(p for p in (project / "src").rglob("*") if p.is_file())]
+    return stamp.stat().st_mtime >= max(p.stat().st_mtime for p in inputs)
+
+
+class LocalEngine:
+    """A node started by :func:`start`, or found again by :func:`status`.
+
+    Attributes: ``kind``, ``pid``, ``port``, ``url`` (``http://127.0.0.1:PORT``), ``version``,
+    ``data_dir`` and ``log_path``. Use it as a context manager to stop the node on exit.
+    """
+
+    def __init__(self, kind, pid, port, data_dir, version=None, process=None):
+        self.kind = kind
+        self.pid = pid
+        self.port = port
+        self.version = version
+        self.data_dir = Path(data_dir)
+        self.log_path = self.data_dir / LOG_FILE
+        # Set only in the process that started the node: it must reap its child, or the finished
+        # JVM stays a zombie that still looks alive to os.kill(pid, 0).
+        self._process = process
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def __repr__(self):
+        state = "running" if self.is_running() else "stopped"
+        return f"<LocalEngine {self.kind} {self.version or ''} {self.url} pid {self.pid} {state}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def is_running(self):
+        """True while the node's JVM is alive (its HTTP API may not be answering yet or any more)."""
+        if self._process is not None:
+            return self._process.poll() is None
+        return _is_our_jvm(self.pid, self.kind)
+
+    def health(self, timeout=2.0):
+        """The cluster's health status ("green", "yellow", "red"), or None if the node does not answer."""
+        try:
+            with _DIRECT.open(self.url + "/_cluster/health", timeout=timeout) as response:
+                return json.load(response).get("status")
+        except (OSError, ValueError):  # refused, reset, timed out, HTTP error, not JSON
+            return None
+
+    def stop(self, timeout=30):
+        """Stop the node: SIGTERM (the launcher closes the node cleanly), SIGKILL after ``timeout``
+        seconds. Removes the state file. Does nothing if the node has already stopped."""
+        if self.is_running():
+            _signal(self.pid, signal.SIGTERM)
+            if not self._wait_for_exit(timeout):
+                _signal(self.pid, signal.SIGKILL)
+                if not self._wait_for_exit(10):
+                    raise ImageMatchError(f"{self.kind} engine (pid {self.pid}) did not die after SIGKILL")
+        for name in (STATE_FILE, READY_FILE):
+            _remove(self.data_dir / name)
+
+    def _wait_for_exit(self, timeout):
+        if self._process is not None:
+            try:
+                self._process.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _state(self):
+        return {"kind": self.kind, "pid": self.pid, "port": self.port, "url": self.url,
+                "version": self.version, "data_dir": str(self.data_dir), "log": str(self.log_path)}
+
+
+def start(kind="opensearch", port=None, data_dir=None, heap="512m", timeout=180,
+          settings=None, stop_with_caller=False, java=None, mvn="mvn"):
+    """Build if needed, start a node, wait until it answers, and return its :class:`LocalEngine`.
+
+    port: the HTTP port on 127.0.0.1; None lets the node bind a free one itself (no race between
+        choosing a port and binding it), which is then read back from the launcher.
+    data_dir: the node's folder (created if needed); default :func:`default_data_dir`. One node per
+        folder: starting a second raises ImageMatchError naming the running one.
+    heap: the JVM heap, both -Xms and -Xmx ("512m", "2g"). At 512m an idle node's resident memory
+        is 250-350 MB, up to about heap + 200 MB under load; give large benchmarks more.
+    timeout: seconds to wait for the cluster health to be yellow or green. On expiry the node is
+        killed and ImageMatchError carries the end of its log.
+    settings: extra engine settings, e.g. ``{"thread_pool.write.queue_size": 2000}``.
+    stop_with_caller: stop the node when this Python process ends, even if it is killed (for test
+        runs); leave False for a node that must outlive the command that started it.
+    java: the java executable; default ``$JAVA_HOME/bin/java`` or ``java`` on PATH.
+    """
+    _check_kind(kind)
+    if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):
+        raise InvalidParameterError(f"port {port!r}: must be an integer 0..65535")
+    if not re.fullmatch(r"[1-9][0-9]*[kmgKMG]?", str(heap)):
+        raise InvalidParameterError(f"heap {heap!r}: expected a JVM size such as 512m or 2g")
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir(kind)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    running = status(data_dir)
+    if running is not None:
+        raise ImageMatchError(
+            f"an {running.kind} engine is already running in {data_dir}: {running.url} (pid {running.pid})")
+    # The two engines' on-disk formats are not compatible: refuse early and say why, instead of
+    # letting the node fail on metadata "from the future".
+    previous_kind = _read_text(data_dir / KIND_FILE)
+    if previous_kind not in (None, kind):
+        raise InvalidParameterError(
+            f"{data_dir} holds the data of an {previous_kind} node; use another folder for {kind}")
+    classpath = build(kind, mvn=mvn)
+    java = java or _find_java()
+
+    command = [
+        java, f"-Xms{heap}", f"-Xmx{heap}",
+        f"-D{_NETTY_PROCESSORS_PROPERTY[kind]}=false",
+        # Embedded, the node has no uncaught-exception handler that exits on OutOfMemoryError as a
+        # distribution's does; without this a node out of heap hangs on instead of failing fast.
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8",
+        "-cp", classpath, _MAIN_CLASS[kind],
+        "--data", str(data_dir), "--port", str(0 if port is None else port),
+        "--ready-file", str(data_dir / READY_FILE),
+    ]
+    if stop_with_caller:
+        command += ["--watch-pid", str(os.getpid())]
+    for key, value in (settings or {}).items():
+        value = str(value).lower() if isinstance(value, bool) else value
+        command.append(f"-E{key}={value}")
+
+    (data_dir / KIND_FILE).write_text(kind + "\n")
+    _remove(data_dir / READY_FILE)
+    started = time.monotonic()
+    with open(data_dir / LOG_FILE, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
+        log.flush()
+        # A session of its own: Ctrl-C in the caller's terminal does not reach the node, and the
+        # node outlives the caller unless stop_with_caller is set.
+        process = subprocess.Popen(command, cwd=data_dir, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    engine = LocalEngine(kind, process.pid, port, data_dir, process=process)
+    try:
+        _wait_until_ready(engine, started + timeout, timeout)
+    except BaseException:  # including KeyboardInterrupt: never leave a half-started JVM behind
+        _signal(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    _write_json(data_dir / STATE_FILE, engine._state())
+    return engine
+
+
+def _wait_until_ready(engine, deadline, timeout):
+    ready_file = engine.data_dir / READY_FILE
+    while True:
+        if not engine.is_running():
+            raise ImageMatchError(_with_log_tail(
+                f"the {engine.kind} engine exited during start-up (exit {engine._process.returncode})",
+                engine.log_path))
+        # Ask for health only once the launcher says which port it bound: with a fixed port,
+        # something else may be answering there while the node is still starting (or failing).
+        if engine.version is None:
+            ready = _read_json(ready_file)
+            if ready is not None:
+                engine.port, engine.version = ready["http_port"], ready["version"]
+        if engine.version is not None and engine.health() in ("yellow", "green"):
+            return
+        if time.monotonic() > deadline:
+            raise ImageMatchError(_with_log_tail(
+                f"the {engine.kind} engine did not become healthy within {timeout} s", engine.log_path))
+        time.sleep(0.2)
+
+
+def status(data_dir):
+    """The engine recorded in ``data_dir``'s state file if it is still running, else None.
+
+    A state file left by a node that died is removed.
+    """
+    data_dir = Path(data_dir)
+    state = _read_json(data_dir / STATE_FILE)
+    if state is None:
+        return None
+    engine = LocalEngine(state["kind"], state["pid"], state["port"], data_dir, version=state.get("version"))
+    if not engine.is_running():
+        for name in (STATE_FILE, READY_FILE):
+            _remove(data_dir / name)
+        return None
+    return engine
+
+
+def stop(data_dir, timeout=30):
+    """Stop the engine recorded in ``data_dir``; return it, or None if none was running."""
+    engine = status(data_dir)
+    if engine is not None:
+        engine.stop(timeout)
+    return engine
+
+
+def port_is_open(port, host="127.0.0.1", timeout=1.0):
+    """True if something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _check_kind(kind):
+    if kind not in ENGINES:
+        raise InvalidParameterError(f"unknown engine {kind!r}: expected one of {', '.join(ENGINES)}")
+
+
+def _find_java():
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and os.access(os.path.join(java_home, "bin", "java"), os.X_OK):
+        return os.path.join(java_home, "bin", "java")
+    found = shutil.which("java")
+    if found is None:
+        raise ImageMatchError("cannot start an engine: java is not on PATH and JAVA_HOME is not set; install a JDK 17")
+    return found
+
+
+def _is_our_jvm(pid, kind):
+    """True if pid is alive and, where /proc tells, still runs this kind's launcher (a pid recorded
+    in a state file may have been reused by an unrelated process since)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's: not ours
+        return False
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():
+        return True  # no /proc (macOS): trust the signal
+    try:
+        if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            # The JVM's first thread can end before the others while the node is still closing:
+            # the process is dead only when no other thread is left (then it is a zombie waiting
+            # for its parent to reap it).
+            return len(os.listdir(proc / "task")) > 1
+        return _MAIN_CLASS[kind].encode() in (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+
+
+def _signal(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _with_log_tail(message, log_path, lines=20):
+    """The message with the log's last line on the same line (the launcher prints the reason for a
+    failed start last) and the lines before it below, for a traceback or a --verbose output."""
+    try:
+        tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-lines:]
+    except OSError:
+        tail = []
+    if not tail:
+        return f"{message} (log: {log_path}, empty)"
+    return f"{message}: {tail[-1].strip()}\nlog: {log_path}, last lines:" + "".join("\n    " + line for line in tail)
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_text(path):
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _write_json(path, data):
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

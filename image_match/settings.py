@@ -1,0 +1,97 @@
+"""Configuration from ``IMAGE_MATCH_*`` environment variables, read in one place.
+
+``current()`` reads the environment each time it is called, so a process (a test, a worker started
+with a different environment) always sees what its environment says now. Every setting has a
+default that works on one machine with nothing configured.
+
+========================================  ===============================================  =====================
+variable                                  meaning                                          default
+========================================  ===============================================  =====================
+IMAGE_MATCH_DATABASE                      the store, as an ``open_database`` URL           an SQLite file in the
+                                                                                           user's data directory
+IMAGE_MATCH_BROKER_URL                    Celery broker                                    redis://localhost:6379/0
+IMAGE_MATCH_RESULT_TTL                    seconds a job's counts and failures are kept     604800 (7 days)
+IMAGE_MATCH_MAX_IMAGE_PIXELS              larger images are refused (decompression bombs)  178956970
+IMAGE_MATCH_FETCH_CONNECT_TIMEOUT         seconds to connect to a URL's host               5
+IMAGE_MATCH_FETCH_READ_TIMEOUT            seconds to wait for each read from the host      15
+IMAGE_MATCH_FETCH_MAX_BYTES               larger downloads are refused                     52428800 (50 MiB)
+IMAGE_MATCH_FETCH_MAX_REDIRECTS           redirects followed before giving up              5
+IMAGE_MATCH_FETCH_ALLOWLIST               host names and CIDR ranges allowed although      (empty)
+                                          private, loopback or reserved (comma-separated)
+IMAGE_MATCH_FETCH_PER_HOST_CONCURRENCY    simultaneous fetches per host in one process     4
+========================================  ===============================================  =====================
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidParameterError
+
+PREFIX = "IMAGE_MATCH_"
+
+
+def default_database_url():
+    """The embedded store used when nothing says otherwise: ``images.db`` in the user's data directory."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return "sqlite:///" + os.path.join(base, "image-match", "images.db")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: str
+    broker_url: str
+    result_ttl: int
+    max_image_pixels: int
+    fetch_connect_timeout: float
+    fetch_read_timeout: float
+    fetch_max_bytes: int
+    fetch_max_redirects: int
+    fetch_allowlist: tuple
+    fetch_per_host_concurrency: int
+
+
+def _split_list(raw):
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+# name (after the prefix) -> (default, converter, field of Settings)
+_VARIABLES = {
+    "DATABASE": (None, str, "database"),
+    "BROKER_URL": ("redis://localhost:6379/0", str, "broker_url"),
+    "RESULT_TTL": (7 * 24 * 3600, int, "result_ttl"),
+    "MAX_IMAGE_PIXELS": (178_956_970, int, "max_image_pixels"),
+    "FETCH_CONNECT_TIMEOUT": (5.0, float, "fetch_connect_timeout"),
+    "FETCH_READ_TIMEOUT": (15.0, float, "fetch_read_timeout"),
+    "FETCH_MAX_BYTES": (50 * 1024 * 1024, int, "fetch_max_bytes"),
+    "FETCH_MAX_REDIRECTS": (5, int, "fetch_max_redirects"),
+    "FETCH_ALLOWLIST": ((), _split_list, "fetch_allowlist"),
+    "FETCH_PER_HOST_CONCURRENCY": (4, int, "fetch_per_host_concurrency"),
+}
+
+
+def get(name):
+    """One setting, by its variable name without the prefix (``get("MAX_IMAGE_PIXELS")``).
+
+    Cheaper than ``current()`` on hot paths, which read a single setting per image.
+    """
+    default, convert, _ = _VARIABLES[name]
+    raw = os.environ.get(PREFIX + name)
+    if raw is None or raw.strip() == "":
+        value = default
+    else:
+        try:
+            value = convert(raw.strip())
+        except ValueError:
+            raise InvalidParameterError(
+                f"{PREFIX}{name}={raw!r}: not a valid {convert.__name__}") from None
+        if isinstance(value, (int, float)) and value < 0:
+            raise InvalidParameterError(f"{PREFIX}{name}={raw!r}: must not be negative")
+    if name == "DATABASE" and value is None:
+        value = default_database_url()
+    return value
+
+
+def current():
+    """All settings as the environment gives them now."""
+    return Settings(**{field: get(name) for name, (_, _, field) in _VARIABLES.items()})

@@ -1,0 +1,283 @@
+"""The signature: bit-exact with image-match 1.1.2, properties, orientations, batches."""
+
+import io
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image
+
+from image_match.errors import ImageLoadError, InvalidParameterError
+from image_match.goldberg import (DIHEDRAL_NAMES, ImageSignature, crop_window, grid_points,
+                                  is_featureless, normalized_distance, percentiles_of_sorted,
+                                  quantize_differences,
+                                  signature_from_grey, signature_variants)
+from image_match.loading import load_grey
+
+from conftest import DATA, PHOTO, SHARED_CORPUS, jpeg_bytes, photos
+
+EXACT = ImageSignature(draft=False)
+
+# The 8 flips and rotations as operations on a grey array, in DIHEDRAL_NAMES order.
+ARRAY_TRANSFORMS = {
+    "identity": lambda a: a,
+    "rotate 90": lambda a: np.rot90(a, 1),
+    "rotate 180": lambda a: np.rot90(a, 2),
+    "rotate 270": lambda a: np.rot90(a, 3),
+    "flip left-right": lambda a: a[:, ::-1],
+    "flip up-down": lambda a: a[::-1],
+    "transpose": lambda a: a.T,
+    "anti-transpose": lambda a: np.rot90(a.T, 2),
+}
+
+
+# --- image-match 1.1.2, bit for bit ---------------------------------------------------------
+
+def test_reference_signatures_of_shipped_photos():
+    reference = np.load(DATA / "reference_1x.npz")
+    assert len(reference["ids"]) == len(photos())
+    for image_id, expected in zip(reference["ids"], reference["signatures"]):
+        np.testing.assert_array_equal(EXACT.generate_signature(DATA / f"{image_id}.jpg"), expected,
+                                      err_msg=str(image_id))
+
+
+def test_reference_signatures_of_grey_and_transparent_files():
+    # Single-channel files on 0-255 (with 8-bit wrap-around in the crop), RGBA onto white.
+    reference = np.load(DATA / "reference_extra.npz")
+    for name, expected in zip(reference["names"], reference["signatures"]):
+        np.testing.assert_array_equal(EXACT.generate_signature(DATA / str(name)), expected,
+                                      err_msg=str(name))
+
+
+@pytest.mark.skipif(not (SHARED_CORPUS / "reference" / "signatures.npz").exists(),
+                    reason="the dev corpus (../shared/corpus/dev) is not beside this checkout")
+def test_reference_signatures_of_whole_dev_corpus():
+    reference = np.load(SHARED_CORPUS / "reference" / "signatures.npz")
+    paths = [SHARED_CORPUS / f"{image_id}.jpg" for image_id in reference["ids"]]
+    mismatched = [path.name for path, expected, result in
+                  zip(paths, reference["signatures"], EXACT.generate_signatures(paths))
+                  if not np.array_equal(result, expected)]
+    assert mismatched == [], f"{len(mismatched)} of {len(paths)} differ from 1.1.2"
+
+
+def test_one_x_quirk_plus_minus_one_becomes_two():
+    # When some difference is exactly +-1.0 (black block next to white), 1.x's in-place binning
+    # codes the small ones 1, then finds those 1.0s inside the upper group and codes them 2 too.
+    differences = np.array([1.0, -1.0, 0.2, -0.2, 0.5, -0.5, 0.7, -0.7])
+    np.testing.assert_array_equal(quantize_differences(differences), [2, -2, 2, -2, 2, -2, 2, -2])
+    np.testing.assert_array_equal(quantize_differences(differences, variant="paper"),
+                                  [2, -2, 1, -1, 1, -1, 2, -2])
+    below_one = differences * 0.99
+    np.testing.assert_array_equal(quantize_differences(below_one),
+                                  quantize_differences(below_one, variant="paper"))
+
+
+# --- properties ------------------------------------------------------------------------------
+
+grey_arrays = hnp.arrays(
+    dtype=st.sampled_from([np.uint8, np.float64]),
+    shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+    elements=st.integers(0, 255),
+).map(lambda a: a / 255.0 if a.dtype == np.float64 else a)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(grey=grey_arrays, variant=st.sampled_from(["1.x", "paper"]))
+def test_any_array_signs_without_nan_and_deterministically(grey, variant):
+    signature = signature_from_grey(grey, variant=variant)
+    assert signature.shape == (648,) and signature.dtype == np.int8
+    assert set(np.unique(signature)) <= {-2, -1, 0, 1, 2}
+    np.testing.assert_array_equal(signature, signature_from_grey(grey.copy(), variant=variant))
+    if np.ptp(grey) == 0:
+        assert is_featureless(signature)
+
+
+signatures = hnp.arrays(np.int8, 648, elements=st.integers(-2, 2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=signatures, b=signatures)
+def test_distance_is_symmetric_bounded_and_zero_on_itself(a, b):
+    d = normalized_distance(a, b)
+    assert d == normalized_distance(b, a)
+    assert 0.0 <= d <= 1.0 and not np.isnan(d)
+    if a.any():
+        assert normalized_distance(a, a) == 0.0
+    if not a.any() or not b.any():
+        assert d == 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=hnp.arrays(np.int8, st.tuples(st.integers(1, 20), st.just(648)),
+                       elements=st.integers(-2, 2)), b=signatures)
+def test_distance_is_vectorized(rows, b):
+    many = normalized_distance(rows, b)
+    assert many.shape == (rows.shape[0],)
+    np.testing.assert_array_equal(many, [normalized_distance(row, b) for row in rows])
+
+
+def test_distance_matches_its_definition():
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(-2, 3, (2, 648))
+    expected = np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b))
+    assert normalized_distance(a, b) == pytest.approx(expected, rel=1e-12)
+
+
+def test_distance_refuses_different_lengths():
+    with pytest.raises(InvalidParameterError, match="648 and 324"):
+        normalized_distance(np.zeros(648), np.zeros(324))
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=hnp.arrays(st.sampled_from([np.float64, np.uint64]), st.integers(1, 200),
+                         elements=st.integers(0, 10**9)),
+       percentiles=st.lists(st.floats(0, 100), min_size=1, max_size=4))
+def test_percentiles_of_sorted_equal_numpys(values, percentiles):
+    values = np.sort(values)
+    np.testing.assert_array_equal(percentiles_of_sorted(values, percentiles),
+                                  np.percentile(values, percentiles))
+
+
+@settings(max_examples=300, deadline=None)
+@given(low=st.integers(0, 5000), extent=st.integers(0, 5000), n=st.integers(2, 20))
+def test_grid_points_equal_1x_linspace(low, extent, n):
+    rows, columns = grid_points(((low, low + extent), (extent, extent + low)), n)
+    np.testing.assert_array_equal(rows, np.linspace(low, low + extent, n + 2, dtype=int)[1:-1])
+    np.testing.assert_array_equal(columns, np.linspace(extent, extent + low, n + 2, dtype=int)[1:-1])
+
+
+# --- featureless images ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("image", [
+    Image.new("RGB", (300, 200), "white"), Image.new("L", (50, 50), 0),
+    Image.new("RGB", (1, 1), "red"), Image.new("RGB", (5000, 1), "blue"),
+])
+def test_blank_images_have_zero_signatures_and_match_nothing(image):
+    signature = ImageSignature().generate_signature(jpeg_bytes(image, quality=100))
+    assert not signature.any()
+    assert is_featureless(signature)
+    assert normalized_distance(signature, signature) == 1.0
+    assert normalized_distance(signature, EXACT.generate_signature(PHOTO)) == 1.0
+
+
+def test_featureless_flag_is_per_row():
+    rows = np.zeros((3, 648), np.int8)
+    rows[1, 5] = 1
+    np.testing.assert_array_equal(is_featureless(rows), [True, False, True])
+
+
+# --- the 8 flips and rotations ---------------------------------------------------------------
+
+def test_variants_are_8_distinct_permutations_led_by_identity():
+    signature = EXACT.generate_signature(PHOTO)
+    variants = signature_variants(signature)
+    assert variants.shape == (8, 648)
+    np.testing.assert_array_equal(variants[0], signature)
+    assert len({v.tobytes() for v in variants}) == 8
+    for variant in variants:
+        np.testing.assert_array_equal(np.sort(variant), np.sort(signature))
+    assert signature_variants(np.stack([signature, signature])).shape == (2, 8, 648)
+
+
+@pytest.mark.parametrize("variant,bound", [("1.x", 0.35), ("paper", 1e-9)])
+def test_variants_match_signatures_of_transformed_images(variant, bound):
+    # 1.x's crop and integer grid are not symmetric under flips, so its permuted signatures are
+    # close to, not equal to, the recomputed ones; the paper variant's continuous geometry is.
+    worst = {}
+    for path in photos():
+        grey = load_grey(path, draft=False, scale="0-1" if variant == "paper" else "1.x")
+        variants = signature_variants(signature_from_grey(grey, variant=variant))
+        for index, name in enumerate(DIHEDRAL_NAMES):
+            recomputed = signature_from_grey(ARRAY_TRANSFORMS[name](grey), variant=variant)
+            worst[name] = max(worst.get(name, 0), normalized_distance(variants[index], recomputed))
+    assert worst["identity"] == 0.0 and worst["transpose"] == 0.0
+    assert max(worst.values()) <= bound, worst
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+def test_defaults_are_1x():
+    generator = ImageSignature()
+    assert (generator.n, generator.crop_percentiles, generator.P, generator.diagonal_neighbors,
+            generator.identical_tolerance, generator.n_levels, generator.fix_ratio) == \
+        (9, (5, 95), None, True, 2 / 255.0, 2, False)
+    assert generator.sig_length == 648
+    assert ImageSignature(diagonal_neighbors=False).generate_signature(PHOTO).shape == (324,)
+    assert ImageSignature(n=5).generate_signature(PHOTO).shape == (200,)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"n": 1}, {"n": 9.0}, {"crop_percentiles": (95, 5)}, {"crop_percentiles": (5,)},
+    {"crop_percentiles": (-1, 50)}, {"P": 0}, {"diagonal_neighbors": 1},
+    {"identical_tolerance": 2.0}, {"n_levels": 0}, {"fix_ratio": "yes"}, {"variant": "2.x"},
+])
+def test_bad_parameters_raise_invalid_parameter(kwargs):
+    with pytest.raises(InvalidParameterError) as error:
+        ImageSignature(**kwargs)
+    assert str(error.value).startswith(next(iter(kwargs)))
+
+
+def test_crop_percentiles_none_and_fix_ratio_and_P():
+    for kwargs in ({"crop_percentiles": None}, {"fix_ratio": True}, {"P": 7}, {"n_levels": 3}):
+        signature = ImageSignature(**kwargs).generate_signature(PHOTO)
+        assert signature.shape == (648,) and signature.any()
+    assert set(np.unique(ImageSignature(n_levels=3, variant="paper")
+                         .generate_signature(PHOTO))) == set(range(-3, 4))
+
+
+def test_crop_of_flat_borders():
+    grey = np.zeros((200, 300))
+    grey[50:150, 100:200] = np.random.default_rng(0).random((100, 100))
+    (top, bottom), (left, right) = crop_window(grey)
+    assert 49 <= top <= 60 and 140 <= bottom <= 151
+    assert 99 <= left <= 110 and 190 <= right <= 201
+
+
+# --- draft decode ----------------------------------------------------------------------------
+
+def test_draft_signatures_stay_close_to_full_decode():
+    distances = [normalized_distance(ImageSignature().generate_signature(path),
+                                     EXACT.generate_signature(path)) for path in photos()]
+    assert max(distances) < 0.2, distances
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batch_yields_signature_or_error_per_input_in_order(workers, tmp_path):
+    good = [str(p) for p in photos()[:5]]
+    inputs = [good[0], str(tmp_path / "missing.jpg"), good[1], b"junk", good[2], *good[3:]] * 3
+    results = list(EXACT.generate_signatures(iter(inputs), workers=workers, chunksize=2))
+    assert len(results) == len(inputs)
+    for given_input, result in zip(inputs, results):
+        if given_input in good:
+            np.testing.assert_array_equal(result, EXACT.generate_signature(given_input))
+        else:
+            assert isinstance(result, ImageLoadError)
+    assert "missing.jpg: no such file" in str(results[1])
+    assert str(results[3]) == "bytes (4 bytes): not an image (unrecognized format)"
+
+
+def test_generate_signature_accepts_1x_bytestream():
+    data = PHOTO.read_bytes()
+    np.testing.assert_array_equal(EXACT.generate_signature(data, bytestream=True),
+                                  EXACT.generate_signature(PHOTO))
+
+
+def test_one_x_static_methods_still_work():
+    grey = EXACT.preprocess_image(str(PHOTO))
+    window = EXACT.crop_image(grey)
+    rows, columns = EXACT.compute_grid_points(grey, window=window)
+    means = EXACT.compute_mean_level(grey, rows, columns)
+    differences = EXACT.compute_differentials(means)
+    assert EXACT.normalize_and_threshold(differences) is None  # in place, as in 1.x
+    np.testing.assert_array_equal(differences.ravel().astype(np.int8), EXACT.generate_signature(PHOTO))
+
+
+def test_signature_of_pil_image_equals_file():
+    with Image.open(PHOTO) as image:
+        np.testing.assert_array_equal(EXACT.generate_signature(image), EXACT.generate_signature(PHOTO))
+    buffer = io.BytesIO(PHOTO.read_bytes())
+    np.testing.assert_array_equal(EXACT.generate_signature(buffer), EXACT.generate_signature(PHOTO))
