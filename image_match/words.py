@@ -9,6 +9,8 @@ Two signatures that share words are candidates; the exact distance then decides.
 words under 1.x's names ``simple_word_0`` .. ``simple_word_62`` or their own layout.
 """
 
+from functools import lru_cache
+
 import numpy as np
 
 from .errors import InvalidParameterError
@@ -17,6 +19,13 @@ from .errors import InvalidParameterError
 def word_positions(signature_length=648, N=63):
     """Where each of the N words starts, as 1.x rounds it (truncation of linspace)."""
     return np.linspace(0, signature_length, N, endpoint=False).astype(int)
+
+
+@lru_cache(maxsize=16)
+def _layout(length, k, N):
+    """The (N, k) signature indices each word reads (``length`` for padding) and the place values."""
+    indices = np.minimum(word_positions(length, N)[:, None] + np.arange(k), length)
+    return indices, 3 ** np.arange(k, dtype=np.int64)
 
 
 def make_words(signatures, k=16, N=63):
@@ -42,10 +51,10 @@ def make_words(signatures, k=16, N=63):
     if type(N) is not int or not 1 <= N <= length:
         raise InvalidParameterError(f"N={N!r}: must be an integer from 1 to {length}")
     # Index ``length`` points at an appended value 0 (digit 1): the padding of the last words.
-    indices = np.minimum(word_positions(length, N)[:, None] + np.arange(k), length)
+    indices, places = _layout(length, k, N)
     digits = np.ones(signatures.shape[:-1] + (length + 1,), dtype=np.int64)
     digits[..., :length] += np.sign(signatures)
-    return digits[..., indices] @ (3 ** np.arange(k, dtype=np.int64))
+    return digits[..., indices] @ places
 
 
 def word_field_names(N=63):

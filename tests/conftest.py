@@ -3,7 +3,7 @@
 import io
 from pathlib import Path
 
-import pytest  # noqa: F401
+import pytest
 from PIL import Image
 
 from http_server import http_server  # noqa: F401  (pytest puts tests/ on sys.path)
@@ -30,3 +30,39 @@ def png_bytes(image):
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+# --- real search engines, started once per test session ----------------------------------------
+
+def _engine_fixture(kind, url_variable):
+    """A session fixture giving the base URL of a real ``kind`` node: the one ``url_variable``
+    names, or one built and started here from engines/ (stopped at the end of the session)."""
+
+    @pytest.fixture(scope="session")
+    def fixture(tmp_path_factory):
+        import os
+
+        configured = os.environ.get(url_variable, "").strip()
+        if configured:
+            yield configured.rstrip("/")
+            return
+        from image_match import local_engine
+        from image_match.errors import ImageMatchError
+
+        try:
+            engine = local_engine.start(kind, data_dir=tmp_path_factory.mktemp(kind),
+                                        stop_with_caller=True)
+        except ImageMatchError as error:
+            if os.environ.get("IMAGE_MATCH_TEST_REQUIRE_ENGINES"):
+                raise
+            pytest.skip(f"cannot start a local {kind} node: {str(error).splitlines()[0]}")
+        try:
+            yield engine.url
+        finally:
+            engine.stop()
+
+    return fixture
+
+
+opensearch_url = _engine_fixture("opensearch", "IMAGE_MATCH_TEST_ES_URL")
+elasticsearch_url = _engine_fixture("elasticsearch", "IMAGE_MATCH_TEST_ES7_URL")

@@ -1,0 +1,366 @@
+"""The embedded store: one SQLite file, no server.
+
+Layout (schema version 1, also in ``PRAGMA user_version``):
+
+- ``records``: one row per image: ``id`` (unique), ``path`` (indexed, for exact deletes),
+  ``signature`` (packed, 216 bytes for 648 values), ``metadata`` (JSON text) and ``timestamp``.
+- ``words``: the inverted index, one row ``(word, record)`` per word of each record, where ``word``
+  is ``position * 3**k + value`` so that equal words at different positions differ. It is a
+  ``WITHOUT ROWID`` table keyed by ``(word, record)``: a query's words are 63 range scans of a
+  B-tree, never a scan of all rows.
+- ``meta``: the schema version and the store's parameters (see SignatureDatabaseBase).
+
+Several processes may read and write one file at a time: the file is in WAL mode (readers never
+wait for the writer), every write is one ``BEGIN IMMEDIATE`` transaction, and a writer waits up to
+``timeout`` seconds for another to finish instead of failing. A record and its words are written in
+the same transaction, so a record is in the store whole or not at all.
+"""
+
+import json
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import numpy as np
+
+from ..errors import DatabaseError
+from ..records import Record, pack_signatures, unpack_signatures
+from ..signature_database_base import SignatureDatabaseBase
+from ..words import make_words
+
+SCHEMA_VERSION = 1
+# "IMM2": marks the file as an image-match store (PRAGMA application_id).
+APPLICATION_ID = 0x494D4D32
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    rowid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    metadata TEXT,
+    timestamp REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_path ON records (path);
+CREATE TABLE IF NOT EXISTS words (
+    word INTEGER NOT NULL,
+    record INTEGER NOT NULL,
+    PRIMARY KEY (word, record)
+) WITHOUT ROWID;
+"""
+
+# JSON types of a metadata value, as SQLite's json_type names them.
+_JSON_TYPES = {bool: None, int: ("integer", "real"), float: ("integer", "real"), str: ("text",)}
+
+
+class SignatureSQLite(SignatureDatabaseBase):
+    """A store in one SQLite file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; created (with its folder) if missing. ``":memory:"`` for a private store.
+    timeout : float
+        Seconds a writer waits for another process's write to finish.
+    create : bool
+        Create the file if it does not exist (otherwise DatabaseError).
+    *args, **kwargs
+        ``SignatureDatabaseBase``'s parameters (k, N, distance_cutoff, size, variant...).
+    """
+
+    def __init__(self, path, *args, timeout=30.0, create=True, **kwargs):
+        self.path = os.fspath(path)
+        self.timeout = float(timeout)
+        super().__init__(*args, **kwargs)
+        if self.path != ":memory:":
+            exists = os.path.exists(self.path)
+            if not exists and not create:
+                raise DatabaseError(f"{self.location}: no such store")
+            if not exists:
+                folder = os.path.dirname(os.path.abspath(self.path))
+                try:
+                    os.makedirs(folder, exist_ok=True)
+                except OSError as error:
+                    raise DatabaseError(f"{self.location}: cannot create {folder}: {error}") from None
+        self._lock = threading.RLock()
+        self._connection = None
+        self._pid = None
+        self._open(create=create)
+
+    @property
+    def location(self):
+        return f"sqlite:///{self.path}"
+
+    # --- connection -------------------------------------------------------------------------
+
+    def _connect(self):
+        """This process's connection (a forked child, e.g. a Celery worker, opens its own)."""
+        if self._connection is None or self._pid != os.getpid():
+            try:
+                connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                             check_same_thread=False)
+                application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+                if application_id not in (0, APPLICATION_ID):
+                    raise DatabaseError(f"{self.location}: an SQLite file of another application")
+                connection.execute("PRAGMA journal_mode=WAL")
+                # WAL with synchronous=NORMAL cannot corrupt the file; a power cut may lose the
+                # last transactions, which bulk ingestion redelivers anyway.
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.execute("PRAGMA cache_size=-65536")  # 64 MiB
+            except sqlite3.DatabaseError as error:
+                raise DatabaseError(f"{self.location}: not a usable SQLite file ({error})") from None
+            self._connection, self._pid = connection, os.getpid()
+        return self._connection
+
+    @contextmanager
+    def _reading(self):
+        with self._lock:
+            try:
+                yield self._connect()
+            except sqlite3.Error as error:
+                raise DatabaseError(f"{self.location}: {error}", transient=_is_busy(error)) from None
+
+    @contextmanager
+    def _writing(self):
+        """One write transaction: all of it is stored, or none of it."""
+        with self._lock:
+            connection = self._connect()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield connection
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+            except sqlite3.Error as error:
+                raise DatabaseError(f"{self.location}: {error}", transient=_is_busy(error)) from None
+
+    def __getstate__(self):
+        # Sent to another process (a pool, a worker): it opens its own connection there.
+        state = dict(self.__dict__, _connection=None, _pid=None)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def close(self):
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection = None
+
+    # --- the store's parameters -------------------------------------------------------------
+
+    def _read_config(self):
+        with self._reading() as connection:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                return None
+            if version > SCHEMA_VERSION:
+                raise DatabaseError(f"{self.location}: schema version {version} is newer than this "
+                                    f"image-match knows ({SCHEMA_VERSION}); upgrade image-match")
+            row = connection.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+        return json.loads(row[0]) if row else None
+
+    def _create(self, config):
+        with self._writing() as connection:
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute("INSERT OR REPLACE INTO meta VALUES ('config', ?)", (json.dumps(config),))
+            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def drop(self):
+        """Delete every record and the store's tables (the file itself stays, empty)."""
+        with self._writing() as connection:
+            for table in ("words", "records", "meta"):
+                connection.execute(f"DROP TABLE IF EXISTS {table}")
+            connection.execute("PRAGMA user_version = 0")
+
+    # --- primitives -------------------------------------------------------------------------
+
+    def _word_keys(self, words):
+        """Position-tagged words: ``position * 3**k + word``, one integer per (position, word)."""
+        return words + np.arange(words.shape[-1], dtype=np.int64) * 3 ** self.k
+
+    def _insert(self, records, refresh=False):
+        outcomes = [None] * len(records)
+        # One id twice in a batch: the last one wins, as it would one batch after another.
+        records = list({record.id: record for record in records}.values())
+        keys = self._word_keys(np.stack([record.words for record in records]))
+        packed = pack_signatures(np.stack([record.signature for record in records]))
+        rows = [(r.id, r.path, signature.tobytes(),
+                 None if r.metadata is None else json.dumps(r.metadata), r.timestamp.timestamp())
+                for r, signature in zip(records, packed)]
+        with self._writing() as connection:
+            self._remove_words(connection, [r.id for r in records])
+            connection.executemany(
+                "INSERT INTO records (id, path, signature, metadata, timestamp) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET path = excluded.path, signature = excluded.signature, "
+                "metadata = excluded.metadata, timestamp = excluded.timestamp", rows)
+            rowid_of = {}
+            for chunk in _chunks([r.id for r in records], 500):
+                rowid_of.update((record_id, rowid) for rowid, record_id in connection.execute(
+                    f"SELECT rowid, id FROM records WHERE id IN ({_marks(chunk)})", chunk))
+            rowids = np.array([rowid_of[r.id] for r in records], dtype=np.int64)
+            _insert_words(connection, keys, rowids)
+        return outcomes
+
+    def _remove_words(self, connection, ids):
+        """Delete the word rows of the records with these ids (recomputed from their signatures:
+        the index is keyed by word, so this is a lookup per word, not a scan)."""
+        found = []
+        for chunk in _chunks(ids, 500):
+            found += connection.execute(
+                f"SELECT rowid, signature FROM records WHERE id IN ({_marks(chunk)})", chunk).fetchall()
+        if not found:
+            return []
+        signatures = unpack_signatures([signature for _, signature in found], self.gis.sig_length)
+        keys = self._word_keys(make_words(signatures, self.k, self.N))
+        connection.executemany("DELETE FROM words WHERE word = ? AND record = ?",
+                               ((int(word), rowid) for (rowid, _), row_keys in zip(found, keys.tolist())
+                                for word in row_keys))
+        return [rowid for rowid, _ in found]
+
+    def _candidates(self, words, size, pre_filter):
+        keys = self._word_keys(np.asarray(words, dtype=np.int64))
+        condition, parameters = _filter_sql(pre_filter)
+        results = []
+        with self._reading() as connection:
+            for row_keys in keys.tolist():
+                if condition:
+                    query = (f"SELECT w.record, COUNT(*) AS shared FROM words w "
+                             f"JOIN records r ON r.rowid = w.record "
+                             f"WHERE w.word IN ({_marks(row_keys)}) AND {condition} "
+                             f"GROUP BY w.record ORDER BY shared DESC LIMIT ?")
+                else:
+                    query = (f"SELECT record, COUNT(*) AS shared FROM words "
+                             f"WHERE word IN ({_marks(row_keys)}) "
+                             f"GROUP BY record ORDER BY shared DESC LIMIT ?")
+                hits = connection.execute(query, [*row_keys, *parameters, size]).fetchall()
+                shared = dict(hits)
+                records = self._fetch(connection, "rowid", list(shared))
+                for rowid, record in records:
+                    record.score = float(shared[rowid])
+                results.append(sorted((record for _, record in records), key=lambda r: -r.score))
+        return results
+
+    def _fetch(self, connection, column, keys):
+        """``[(rowid, Record)]`` for the rows whose ``column`` is in ``keys``."""
+        rows = []
+        for chunk in _chunks(keys, 500):
+            rows += connection.execute(
+                f"SELECT rowid, id, path, signature, metadata, timestamp FROM records "
+                f"WHERE {column} IN ({_marks(chunk)})", chunk).fetchall()
+        if not rows:
+            return []
+        signatures = unpack_signatures([row[3] for row in rows], self.gis.sig_length)
+        return [(rowid, Record(id=record_id, path=path, signature=signature,
+                               metadata=None if metadata is None else json.loads(metadata),
+                               timestamp=datetime.fromtimestamp(timestamp, timezone.utc)))
+                for (rowid, record_id, path, _, metadata, timestamp), signature in zip(rows, signatures)]
+
+    def _get(self, ids):
+        with self._reading() as connection:
+            return {record.id: record for _, record in self._fetch(connection, "id", list(ids))}
+
+    def _delete(self, ids):
+        with self._writing() as connection:
+            rowids = self._remove_words(connection, list(ids))
+            for chunk in _chunks(rowids, 500):
+                connection.execute(f"DELETE FROM records WHERE rowid IN ({_marks(chunk)})", chunk)
+        return len(rowids)
+
+    def _ids_with_path(self, path):
+        with self._reading() as connection:
+            rows = connection.execute("SELECT id, timestamp FROM records WHERE path = ?",
+                                      (path,)).fetchall()
+        return [(record_id, datetime.fromtimestamp(stamp, timezone.utc)) for record_id, stamp in rows]
+
+    def _scan(self, batch_size=1000):
+        last = 0
+        while True:
+            with self._reading() as connection:
+                rowids = [row[0] for row in connection.execute(
+                    "SELECT rowid FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (last, batch_size))]
+                if not rowids:
+                    return
+                batch = sorted(self._fetch(connection, "rowid", rowids), key=lambda pair: pair[0])
+            last = rowids[-1]
+            for _, record in batch:
+                yield record
+
+    def count(self):
+        with self._reading() as connection:
+            return connection.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+
+    def describe(self):
+        size = None
+        if self.path != ":memory:":
+            size = sum(os.path.getsize(p) for p in (self.path, self.path + "-wal")
+                       if os.path.exists(p))
+        return {"engine": f"sqlite {sqlite3.sqlite_version}", "location": self.location,
+                "records": self.count(), "bytes": size}
+
+
+def _insert_words(connection, keys, rowids):
+    """Add the (word, record) rows of records: ``keys`` (M, N) word keys, ``rowids`` (M,).
+
+    In ascending key order, so that the B-tree takes them page by page, and through one
+    statement that unpacks them from JSON inside SQLite: an order of magnitude fewer Python calls
+    than one executemany row per word.
+    """
+    words = keys.ravel()
+    records = np.repeat(rowids, keys.shape[1])
+    if words.size and (words.max() >= 1 << 32 or records.max() >= 1 << 31):
+        pairs = sorted(zip(words.tolist(), records.tolist()))  # beyond the packed form's range
+        connection.executemany("INSERT OR IGNORE INTO words (word, record) VALUES (?, ?)", pairs)
+        return
+    packed = np.sort((words << 31) | records)
+    connection.execute(
+        "INSERT OR IGNORE INTO words (word, record) "
+        "SELECT value >> 31, value & 2147483647 FROM json_each(?)", (json.dumps(packed.tolist()),))
+
+
+def _filter_sql(pre_filter):
+    """A portable filter (records.normalize_filter) as an SQL condition on ``r.metadata``, with
+    the same type-strict semantics as records.filter_matches."""
+    if not pre_filter:
+        return "", []
+    clauses, parameters = [], []
+    for key, allowed in pre_filter.items():
+        path = "$" + "".join(f'."{part}"' for part in key.split("."))
+        options = []
+        for value in allowed:
+            if isinstance(value, bool):
+                options.append("json_type(r.metadata, ?) = ?")
+                parameters += [path, "true" if value else "false"]
+            else:
+                types = _JSON_TYPES[type(value)]
+                options.append(f"(json_type(r.metadata, ?) IN ({_marks(types)}) "
+                               f"AND json_extract(r.metadata, ?) = ?)")
+                parameters += [path, *types, path, value]
+        clauses.append("(" + " OR ".join(options) + ")")
+    return " AND ".join(clauses), parameters
+
+
+def _is_busy(error):
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+
+def _marks(values):
+    return ", ".join("?" * len(values))
+
+
+def _chunks(values, size):
+    values = list(values)
+    for start in range(0, len(values), size):
+        yield values[start:start + size]

@@ -1,0 +1,173 @@
+"""What a store keeps per image, and the small codecs every driver shares.
+
+A :class:`Record` is one stored image: its id, its path (or URL, or any name the user gave), its
+signature, its words, its metadata and when it was added. Drivers store the signature packed
+(``pack_signatures``: three values a byte, 216 bytes for 648 values) and the words in whatever
+layout their engine indexes best; they hand records back to the base class as ``Record`` objects.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .errors import InvalidParameterError
+
+# Signature values are -2..2: five states, so three of them fit in a byte (5**3 = 125).
+_BASE = 5
+_PER_BYTE = 3
+_PLACES = _BASE ** np.arange(_PER_BYTE)
+# byte -> its three values, for unpacking by table lookup
+_UNPACK = (np.arange(256)[:, None] // _PLACES % _BASE - 2).astype(np.int8)
+
+
+@dataclass
+class Record:
+    """One stored image.
+
+    ``signature`` is an int8 array, ``words`` an int64 array (N words) or None when the driver did
+    not read them back, ``metadata`` a JSON-serializable dict or None, ``timestamp`` a timezone-aware
+    datetime, ``score`` how the engine ranked it as a candidate (shared words, or the engine's score).
+    """
+
+    id: str
+    path: str
+    signature: np.ndarray
+    words: np.ndarray = None
+    metadata: dict = None
+    timestamp: datetime = None
+    score: float = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self):
+        """The record as JSON-ready data (for export and ``get``)."""
+        return {
+            "id": self.id,
+            "path": self.path,
+            "signature": np.asarray(self.signature).tolist(),
+            "metadata": self.metadata,
+            "timestamp": self.timestamp.isoformat() if self.timestamp else None,
+        }
+
+
+def default_id(path):
+    """The id a record gets when none is given: a hash of its path, so that adding the same path
+    again replaces the record instead of adding a second one."""
+    return hashlib.blake2b(str(path).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def content_id(data):
+    """An id from an image's bytes: the same file under two names gets one record."""
+    return hashlib.blake2b(bytes(data), digest_size=16).hexdigest()
+
+
+def now():
+    return datetime.now(timezone.utc)
+
+
+def pack_signatures(signatures):
+    """Signatures of values -2..2 as bytes, three values a byte.
+
+    Parameters
+    ----------
+    signatures : (L,) or (M, L) array_like of ints in -2..2
+
+    Returns
+    -------
+    bytes for one signature, or (M, ceil(L / 3)) uint8 ndarray
+    """
+    signatures = np.asarray(signatures)
+    if signatures.size and (signatures.min() < -2 or signatures.max() > 2):
+        raise InvalidParameterError("signature values must be in -2..2")
+    length = signatures.shape[-1]
+    padded_length = -(-length // _PER_BYTE) * _PER_BYTE
+    digits = np.full(signatures.shape[:-1] + (padded_length,), 2, dtype=np.int64)
+    digits[..., :length] = signatures.astype(np.int64) + 2
+    packed = (digits.reshape(signatures.shape[:-1] + (-1, _PER_BYTE)) @ _PLACES).astype(np.uint8)
+    return packed.tobytes() if signatures.ndim == 1 else packed
+
+
+def unpack_signatures(packed, length=648):
+    """The inverse of ``pack_signatures``: bytes (one) or a list of bytes / (M, B) uint8 array (many).
+
+    Returns
+    -------
+    (length,) or (M, length) int8 ndarray
+    """
+    if isinstance(packed, (bytes, bytearray, memoryview)):
+        return _UNPACK[np.frombuffer(packed, dtype=np.uint8)].reshape(-1)[:length]
+    if not isinstance(packed, np.ndarray):
+        packed = np.frombuffer(b"".join(packed), dtype=np.uint8).reshape(len(packed), -1)
+    return _UNPACK[packed].reshape(packed.shape[0], -1)[:, :length]
+
+
+def check_metadata(metadata, source):
+    """Metadata must be a JSON object (dict) or None; returns it as plain JSON data."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidParameterError(f"{source}: metadata must be a dict, not {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(metadata))
+    except (TypeError, ValueError) as error:
+        raise InvalidParameterError(f"{source}: metadata is not JSON-serializable ({error})") from None
+
+
+def normalize_filter(pre_filter):
+    """A portable metadata filter as ``{key: [allowed values]}``, or None.
+
+    ``{"key": value}`` keeps records whose ``metadata[key] == value``; ``{"key": [v1, v2]}`` those
+    whose value is any of them; several keys must all hold. Keys may name nested fields with dots
+    (``"camera.make"``). Values are JSON scalars (str, int, float, bool).
+    """
+    if pre_filter is None:
+        return None
+    if not isinstance(pre_filter, dict) or not pre_filter:
+        raise InvalidParameterError(f"pre_filter={pre_filter!r}: must be a non-empty dict")
+    normalized = {}
+    for key, value in pre_filter.items():
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        if not isinstance(key, str) or not key or not values or not all(
+                isinstance(v, (str, int, float, bool)) for v in values):
+            raise InvalidParameterError(
+                f"pre_filter={pre_filter!r}: keys must be names and values strings, numbers or "
+                f"booleans (or lists of them)")
+        normalized[key] = values
+    return normalized
+
+
+def metadata_value(metadata, key):
+    """``metadata[key]``, following dots into nested dicts; a sentinel when absent."""
+    value = metadata
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def filter_matches(metadata, normalized_filter):
+    """Whether metadata passes a filter from ``normalize_filter`` (the reference semantics that every
+    driver's own translation follows; ``True`` never equals ``1`` here, unlike in Python)."""
+    if normalized_filter is None:
+        return True
+    for key, allowed in normalized_filter.items():
+        value = metadata_value(metadata or {}, key)
+        if not any(type(value) is type(v) and value == v or _same_number(value, v) for v in allowed):
+            return False
+    return True
+
+
+def _same_number(a, b):
+    numbers = (int, float)
+    return (type(a) in numbers and type(b) in numbers and a == b)
+
+
+class _Missing:
+    def __repr__(self):
+        return "<missing>"
+
+
+_MISSING = _Missing()

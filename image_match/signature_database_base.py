@@ -1,0 +1,563 @@
+"""Stores of image signatures: every user-facing operation, written once.
+
+``SignatureDatabaseBase`` holds what a user does with a store (add, search, delete, find groups of
+duplicates) on top of a few primitives each driver supplies (``image_match.drivers``):
+
+==========================  =====================================================================
+primitive                   what the driver does
+==========================  =====================================================================
+``_insert(records)``        store whole records, replacing those with the same ids, one round
+                            trip; return per record None or the reason it was refused
+``_candidates(words, ...)`` for each row of query words, the records sharing the most words (with
+                            their signatures), filtered by a metadata filter; one round trip
+``_get(ids)``               the records with these ids ({id: Record})
+``_delete(ids)``            delete these ids; return how many existed
+``_ids_with_path(path)``    ids and timestamps of the records whose path is exactly ``path``
+``_scan(batch_size)``       every record, in batches (for export and ``find_duplicates``)
+``count()``                 how many records
+``_read_config()``          the store's recorded parameters, None for a new or 1.x store
+``_create(config)``         make the store (table, index) and record the parameters
+``drop()``                  remove the store and everything in it
+``describe()``              engine, location and size, for ``stats``
+==========================  =====================================================================
+
+A store records the parameters it was built with (signature variant, grid, words) when it is
+created and always signs its queries with those: a store opened with other explicit parameters
+refuses with ``InvalidParameterError`` rather than mixing signatures that do not compare.
+
+Ids: ``add_image(path)`` gives a record the id ``default_id(path)``, a hash of the path, so adding
+the same path again replaces the record instead of adding a second one. Give ``id=`` to choose.
+"""
+
+import itertools
+import warnings
+from operator import itemgetter
+
+import numpy as np
+
+from .errors import DatabaseError, ImageMatchError, InvalidParameterError, RecordNotFoundError
+from .goldberg import ImageSignature, is_featureless
+from .goldberg import normalized_distance as _normalized_distance
+from .loading import describe
+from .records import Record, check_metadata, default_id, normalize_filter, now
+from .words import make_words
+
+DEFAULT_CUTOFF = 0.45
+CONFIG_FORMAT = 2
+
+# The keys of ImageSignature's parameters that decide what a signature is (draft only moves
+# signatures by a small distance, so a store does not pin it).
+_SIGNATURE_KEYS = ("n", "crop_percentiles", "P", "diagonal_neighbors", "identical_tolerance",
+                   "n_levels", "fix_ratio", "variant")
+
+
+class SignatureDatabaseBase:
+    """A store of image signatures, with image-match 1.x's constructor and methods.
+
+    Parameters
+    ----------
+    k : int
+        Values per word (16).
+    N : int
+        Words per signature (63).
+    n_grid : int
+        The signature's grid is ``n_grid`` x ``n_grid`` (9).
+    crop_percentile : (float, float) or None
+        The signature's crop (5, 95).
+    distance_cutoff : float
+        Matches are closer than this (0.45).
+    size : int
+        Candidates the engine returns per query signature before the exact distance ranks them.
+    *signature_args, **signature_kwargs
+        More ``ImageSignature`` parameters (``variant``, ``draft``, ``P``...).
+    """
+
+    def __init__(self, k=16, N=63, n_grid=9, crop_percentile=(5, 95), distance_cutoff=DEFAULT_CUTOFF,
+                 *signature_args, size=100, **signature_kwargs):
+        if type(k) is not int or type(N) is not int or type(n_grid) is not int:
+            raise InvalidParameterError(f"k={k!r}, N={N!r}, n_grid={n_grid!r}: must be integers")
+        self.k = k
+        self.N = N
+        self.n_grid = n_grid
+        self.crop_percentile = crop_percentile
+        self.distance_cutoff = _check_cutoff(distance_cutoff)
+        self.size = _check_size(size)
+        self.gis = ImageSignature(n_grid, crop_percentile, *signature_args, **signature_kwargs)
+        # What the caller asked for explicitly, to be checked against an existing store's own.
+        explicit = set(signature_kwargs) | {
+            name for name, value, default in (("k", k, 16), ("N", N, 63), ("n", n_grid, 9),
+                                              ("crop_percentiles", crop_percentile, (5, 95)))
+            if value != default}
+        self._explicit = {key for key in explicit if key != "draft"}
+        # Positional ImageSignature parameters come after n and crop_percentiles, in this order.
+        self._explicit |= set(_SIGNATURE_KEYS[2:2 + len(signature_args)])
+
+    # --- the store's parameters -------------------------------------------------------------
+
+    def _config(self):
+        parameters = self.gis.parameters()
+        return {
+            "format": CONFIG_FORMAT,
+            "k": self.k,
+            "N": self.N,
+            "signature": {key: _jsonable(parameters[key]) for key in _SIGNATURE_KEYS},
+        }
+
+    def _open(self, create=True):
+        """Adopt the parameters of an existing store, or create it. Drivers call this last in
+        their constructor."""
+        stored = self._read_config()
+        if stored is None:
+            if create:
+                self._create(self._config())
+            return
+        self._adopt(stored)
+
+    def _adopt(self, stored):
+        current = self._config()
+        conflicts = [f"{key}={stored[key]!r}" for key in ("k", "N")
+                     if key in self._explicit and current[key] != stored[key]]
+        conflicts += [f"{key}={value!r}" for key, value in stored["signature"].items()
+                      if key in self._explicit and current["signature"].get(key) != value]
+        if conflicts:
+            raise InvalidParameterError(
+                f"{self.location}: this store was built with {', '.join(conflicts)}; open it with "
+                f"those parameters (signatures made otherwise do not compare)")
+        self.k, self.N = stored["k"], stored["N"]
+        signature = dict(stored["signature"])
+        if signature.get("crop_percentiles") is not None:
+            signature["crop_percentiles"] = tuple(signature["crop_percentiles"])
+        self.n_grid = signature["n"]
+        self.crop_percentile = signature["crop_percentiles"]
+        self.gis = ImageSignature(draft=self.gis.draft, **signature)
+
+    @property
+    def location(self):
+        """Where the store is, for messages (a file, a URL and index)."""
+        return type(self).__name__
+
+    # --- adding ------------------------------------------------------------------------------
+
+    def add_image(self, path, img=None, bytestream=False, metadata=None, refresh_after=False,
+                  id=None):
+        """Sign an image and store it; return the record's id.
+
+        Parameters
+        ----------
+        path : str
+            Where the image is (a path or URL), and the name the record keeps.
+        img : optional
+            What to sign instead of ``path``: bytes (with ``bytestream=True``, or detected), a
+            path, an array, a PIL image. ``path`` is still the name stored.
+        metadata : dict, optional
+            Any JSON data to keep with the record; ``pre_filter`` searches on it.
+        refresh_after : bool
+            Make the record searchable before returning (engines refresh their index).
+        id : str, optional
+            The record's id; by default ``default_id(path)``, so that adding the same path again
+            replaces the record.
+
+        Raises
+        ------
+        ImageLoadError
+            The image could not be read. DatabaseError: the store refused or is unreachable.
+        """
+        image = path if img is None else img
+        signature = self.gis.generate_signature(image, bytestream=bytestream)
+        result = self.add_signatures([{"path": path, "signature": signature, "metadata": metadata,
+                                       "id": id}], refresh_after=refresh_after)[0]
+        if isinstance(result, ImageMatchError):
+            raise result
+        return result
+
+    def add_images(self, items, workers=None, batch_size=500, refresh_after=False):
+        """Sign and store many images; one engine round trip per batch.
+
+        Parameters
+        ----------
+        items : iterable
+            Paths or URLs, or dicts with ``path`` and optionally ``image`` (what to sign instead
+            of the path), ``id`` and ``metadata``.
+        workers : int or None
+            Processes signing the images (None: every core).
+        batch_size : int
+            Records per round trip to the store.
+
+        Returns
+        -------
+        list
+            Per item, in order, its id (str) or the ImageMatchError that kept it out. A bad item
+            never stops the others.
+        """
+        items = [_as_item(item) for item in items]
+        signatures = self.gis.generate_signatures(
+            [item.get("image", item["path"]) for item in items], workers=workers)
+        results = []
+        for batch in _batches(zip(items, signatures), batch_size):
+            ready = []
+            for item, signature in batch:
+                if isinstance(signature, ImageMatchError):
+                    results.append(signature)
+                else:
+                    ready.append(len(results))
+                    results.append(dict(item, signature=signature))
+            stored = self.add_signatures([results[i] for i in ready], refresh_after=False)
+            for index, outcome in zip(ready, stored):
+                results[index] = outcome
+        if refresh_after:
+            self.refresh()
+        return results
+
+    def add_signatures(self, items, refresh_after=False):
+        """Store signatures computed elsewhere (a worker, an import); one round trip.
+
+        Parameters
+        ----------
+        items : iterable of dict
+            ``path`` and ``signature`` (array of the store's length), optionally ``id``,
+            ``metadata`` and ``timestamp``.
+
+        Returns
+        -------
+        list
+            Per item its id or the ImageMatchError that kept it out.
+        """
+        results, records = [], []
+        for item in items:
+            try:
+                record = self._record(item)
+            except ImageMatchError as error:
+                results.append(error)
+                continue
+            results.append(record)
+            records.append(record)
+        if not records:
+            return results
+        # Words for the whole batch in one vectorized call.
+        words = make_words(np.stack([record.signature for record in records]), self.k, self.N)
+        for record, row in zip(records, words):
+            record.words = row
+        reasons = iter(self._insert(records, refresh=refresh_after))
+        for index, outcome in enumerate(results):
+            if isinstance(outcome, Record):
+                reason = next(reasons)
+                results[index] = (outcome.id if reason is None else
+                                  DatabaseError(f"{self.location}: {outcome.path}: {reason}"))
+        return results
+
+    def _record(self, item):
+        path = item.get("path")
+        if not isinstance(path, str) or not path:
+            raise InvalidParameterError(f"{item.get('path')!r}: a record needs a path (a string)")
+        signature = np.asarray(item["signature"])
+        if signature.shape != (self.gis.sig_length,):
+            raise InvalidParameterError(
+                f"{path}: signature has shape {signature.shape}, this store's are "
+                f"({self.gis.sig_length},)")
+        signature = signature.astype(np.int8)
+        record_id = item.get("id") or default_id(path)
+        if not isinstance(record_id, str):
+            raise InvalidParameterError(f"{path}: id must be a string, not {record_id!r}")
+        return Record(id=record_id, path=path, signature=signature,
+                      metadata=check_metadata(item.get("metadata"), path),
+                      timestamp=item.get("timestamp") or now())
+
+    def refresh(self):
+        """Make what was added searchable now (engines refresh periodically on their own)."""
+
+    # --- searching ---------------------------------------------------------------------------
+
+    def search_image(self, path, all_orientations=False, bytestream=False, pre_filter=None,
+                     size=None, distance_cutoff=None):
+        """The stored images that are the same picture as ``path``.
+
+        Parameters
+        ----------
+        path
+            The query: anything ``ImageSignature.generate_signature`` takes.
+        all_orientations : bool
+            Also find flipped and rotated (by 90, 180, 270 degrees) copies: the 8 orientations of
+            the query are signed from one decode and searched in one round trip.
+        bytestream : bool
+            ``path`` holds the image's bytes (1.x's flag).
+        pre_filter : dict, optional
+            Only records whose metadata has these values: ``{"key": value}`` or
+            ``{"key": [values]}``. The Elasticsearch/OpenSearch driver also takes raw query DSL.
+        size : int, optional
+            Candidates fetched per query signature (default: the store's ``size``).
+        distance_cutoff : float, optional
+            Overrides the store's cutoff for this search.
+
+        Returns
+        -------
+        list of dict
+            ``{"id", "path", "dist", "score", "metadata"}`` per match, sorted by distance, each id
+            once.
+        """
+        signatures = self._query_signatures(path, bytestream, all_orientations)
+        return self._search_signatures([signatures], pre_filter, size, distance_cutoff)[0]
+
+    def search_images(self, images, all_orientations=False, pre_filter=None, size=None,
+                      distance_cutoff=None, workers=1):
+        """Search many images, with one engine round trip for all of them.
+
+        Returns
+        -------
+        list
+            Per image, its list of matches (as ``search_image``) or the ImageMatchError that
+            kept it from being searched.
+        """
+        images = list(images)
+        queries, positions, results = [], [], [None] * len(images)
+        if all_orientations:
+            signed = (self._or_error(self._query_signatures, image, False, True) for image in images)
+        else:
+            signed = (s if isinstance(s, ImageMatchError) else s[None]
+                      for s in self.gis.generate_signatures(images, workers=workers))
+        for index, signatures in enumerate(signed):
+            if isinstance(signatures, ImageMatchError):
+                results[index] = signatures
+            else:
+                positions.append(index)
+                queries.append(signatures)
+        for index, matches in zip(positions,
+                                  self._search_signatures(queries, pre_filter, size, distance_cutoff)):
+            results[index] = matches
+        return results
+
+    def search_signature(self, signature, pre_filter=None, size=None, distance_cutoff=None):
+        """Search with a signature computed elsewhere (array of the store's length)."""
+        signature = np.asarray(signature, dtype=np.int8)
+        if signature.shape != (self.gis.sig_length,):
+            raise InvalidParameterError(
+                f"signature has shape {signature.shape}, this store's are ({self.gis.sig_length},)")
+        return self._search_signatures([signature[None]], pre_filter, size, distance_cutoff)[0]
+
+    def _query_signatures(self, image, bytestream, all_orientations):
+        if all_orientations:
+            return self.gis.orientation_signatures(image, bytestream=bytestream)
+        return self.gis.generate_signature(image, bytestream=bytestream)[None]
+
+    @staticmethod
+    def _or_error(function, *args):
+        try:
+            return function(*args)
+        except ImageMatchError as error:
+            return error
+
+    def _search_signatures(self, queries, pre_filter, size, distance_cutoff):
+        """Matches for each query, given as a (Q, L) array of signatures of one image."""
+        cutoff = self.distance_cutoff if distance_cutoff is None else _check_cutoff(distance_cutoff)
+        size = self.size if size is None else _check_size(size)
+        pre_filter = self._check_filter(pre_filter)
+        if not queries:
+            return []
+        # Featureless signatures match nothing: do not ask the engine about them.
+        searched = [q[~is_featureless(q)] for q in queries]
+        stacked = [s for s in searched if len(s)]
+        candidate_lists = iter(self._candidates(make_words(np.concatenate(stacked), self.k, self.N),
+                                                size, pre_filter) if stacked else [])
+        results = []
+        for signatures in searched:
+            found = {}
+            for _ in range(len(signatures)):
+                for record in next(candidate_lists):
+                    found.setdefault(record.id, record)
+            results.append(self._rank(signatures, list(found.values()), cutoff))
+        return results
+
+    def _rank(self, signatures, records, cutoff):
+        if not records:
+            return []
+        stored = np.stack([record.signature for record in records])
+        distances = np.min([_normalized_distance(stored, s) for s in signatures], axis=0)
+        matches = [
+            {"id": record.id, "path": record.path, "dist": float(distance),
+             "score": record.score, "metadata": record.metadata}
+            for record, distance in zip(records, distances) if distance < cutoff
+        ]
+        return sorted(matches, key=itemgetter("dist"))
+
+    def _check_filter(self, pre_filter):
+        return normalize_filter(pre_filter)
+
+    # --- reading and deleting -----------------------------------------------------------------
+
+    def get(self, id):
+        """The record with this id as a dict (``id, path, signature, metadata, timestamp``).
+
+        Raises RecordNotFoundError when there is none.
+        """
+        record = self._get([id]).get(id)
+        if record is None:
+            raise RecordNotFoundError(f"{self.location}: no record with id {id!r}")
+        return record.as_dict()
+
+    def delete(self, id):
+        """Delete the record with this id; True if there was one."""
+        return self._delete([id]) > 0
+
+    def delete_path(self, path):
+        """Delete every record whose path is exactly ``path``; return how many there were."""
+        ids = [record_id for record_id, _ in self._ids_with_path(path)]
+        return self._delete(ids) if ids else 0
+
+    def delete_duplicates(self, path):
+        """Keep one record of those whose path is exactly ``path`` (the earliest added), delete the
+        others; return how many were deleted (1.x's method)."""
+        holders = sorted(self._ids_with_path(path), key=lambda pair: (pair[1] is None, pair[1]))
+        extra = [record_id for record_id, _ in holders[1:]]
+        return self._delete(extra) if extra else 0
+
+    def iter_records(self, batch_size=1000):
+        """Every record, as ``get`` returns them, for export."""
+        for record in self._scan(batch_size):
+            yield record.as_dict()
+
+    def find_duplicates(self, distance_cutoff=None, size=None, batch_size=200):
+        """Groups of near-duplicate images over the whole store.
+
+        Every record is searched against the store with its stored words and signature; two
+        records closer than the cutoff are linked, and a group is a connected set of links.
+
+        Returns
+        -------
+        list of list of dict
+            Each group (two or more members) as ``{"id", "path", "dist", "metadata"}``, the first
+            member the one with the most links (ties: the earliest path), ``dist`` each member's
+            distance to it; groups with the most members first.
+        """
+        cutoff = self.distance_cutoff if distance_cutoff is None else _check_cutoff(distance_cutoff)
+        size = self.size if size is None else _check_size(size)
+        parent, records, links = {}, {}, {}
+
+        def root(node):
+            while parent.setdefault(node, node) != node:
+                parent[node] = parent[parent[node]]
+                node = parent[node]
+            return node
+
+        for batch in _batches(self._scan(batch_size), batch_size):
+            batch = [record for record in batch if record.signature.any()]
+            if not batch:
+                continue
+            signatures = np.stack([record.signature for record in batch])
+            candidate_lists = self._candidates(make_words(signatures, self.k, self.N), size, None)
+            for record, candidates in zip(batch, candidate_lists):
+                records[record.id] = record
+                others = [c for c in candidates if c.id != record.id]
+                if not others:
+                    continue
+                distances = _normalized_distance(np.stack([c.signature for c in others]),
+                                                 record.signature)
+                for other, distance in zip(others, distances):
+                    if distance < cutoff:
+                        records.setdefault(other.id, other)
+                        links.setdefault(record.id, set()).add(other.id)
+                        links.setdefault(other.id, set()).add(record.id)
+                        parent[root(record.id)] = root(other.id)
+
+        members = {}
+        for record_id in links:
+            members.setdefault(root(record_id), []).append(records[record_id])
+        groups = []
+        for group in members.values():
+            group.sort(key=lambda r: (-len(links[r.id]), r.path, r.id))
+            head = group[0]
+            distances = _normalized_distance(np.stack([r.signature for r in group]), head.signature)
+            groups.append([{"id": r.id, "path": r.path, "dist": float(d), "metadata": r.metadata}
+                           for r, d in zip(group, distances)])
+        groups.sort(key=lambda g: (-len(g), g[0]["path"]))
+        return groups
+
+    # --- primitives: each driver supplies these ------------------------------------------------
+
+    def _insert(self, records, refresh=False):
+        raise NotImplementedError
+
+    def _candidates(self, words, size, pre_filter):
+        raise NotImplementedError
+
+    def _get(self, ids):
+        raise NotImplementedError
+
+    def _delete(self, ids):
+        raise NotImplementedError
+
+    def _ids_with_path(self, path):
+        raise NotImplementedError
+
+    def _scan(self, batch_size):
+        raise NotImplementedError
+
+    def _read_config(self):
+        raise NotImplementedError
+
+    def _create(self, config):
+        raise NotImplementedError
+
+    def count(self):
+        """How many records the store holds."""
+        raise NotImplementedError
+
+    def drop(self):
+        """Remove the store and all its records."""
+        raise NotImplementedError
+
+    def describe(self):
+        """``{"engine", "location", "records", "bytes"}`` (bytes may be None)."""
+        raise NotImplementedError
+
+
+def _check_cutoff(cutoff):
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0 <= cutoff <= 1:
+        raise InvalidParameterError(f"distance_cutoff={cutoff!r}: must be a number in [0, 1]")
+    return float(cutoff)
+
+
+def _check_size(size):
+    if type(size) is not int or size < 1:
+        raise InvalidParameterError(f"size={size!r}: must be a positive integer")
+    return size
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _as_item(item):
+    if isinstance(item, dict):
+        if "path" not in item:
+            raise InvalidParameterError(f"{item!r}: an item needs a path")
+        return dict(item)
+    if isinstance(item, str):
+        return {"path": item}
+    return {"path": describe(item), "image": item}
+
+
+def _batches(iterable, size):
+    iterator = iter(iterable)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+# --- image-match 1.x's module-level helpers, for code that imported them ----------------------
+
+def make_record(path, gis, k, N, img=None, bytestream=False, metadata=None):
+    """1.x's record dict: ``path``, ``signature`` (list), ``simple_word_0..N-1``, ``metadata``."""
+    signature = gis.generate_signature(path if img is None else img, bytestream=bytestream)
+    record = {"path": path, "signature": signature.tolist()}
+    if metadata:
+        record["metadata"] = metadata
+    for i, word in enumerate(make_words(signature, k, N).tolist()):
+        record[f"simple_word_{i}"] = word
+    return record
+
+
+def normalized_distance(_target_array, _vec, nan_value=1.0):
+    """1.x's many-to-one distance (featureless signatures are at distance 1.0 already)."""
+    distances = np.atleast_1d(_normalized_distance(_target_array, _vec))
+    if nan_value != 1.0:
+        warnings.warn("nan_value is ignored: a featureless signature is at distance 1.0",
+                      stacklevel=2)
+    return distances

@@ -1,0 +1,143 @@
+"""What only the SQLite store promises: one file, WAL, indexed words, safe concurrent writers."""
+
+import multiprocessing
+import sqlite3
+
+import numpy as np
+import pytest
+
+from image_match.drivers import open_database
+from image_match.drivers.sqlite import APPLICATION_ID, SCHEMA_VERSION, SignatureSQLite
+from image_match.errors import DatabaseError
+from image_match.records import default_id
+
+from conftest import photos
+
+
+def synthetic(count, seed, prefix):
+    rng = np.random.default_rng(seed)
+    signatures = rng.integers(-2, 3, (count, 648)).astype(np.int8)
+    return [{"path": f"{prefix}/{i}.jpg", "signature": s} for i, s in enumerate(signatures)]
+
+
+def test_file_is_marked_versioned_and_in_wal_mode(tmp_path):
+    path = tmp_path / "images.db"
+    SignatureSQLite(path).add_image(str(photos()[0]))
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert connection.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    config = connection.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0]
+    assert '"variant": "1.x"' in config
+    signature = connection.execute("SELECT signature FROM records").fetchone()[0]
+    assert isinstance(signature, bytes) and len(signature) == 216  # packed, not JSON
+
+
+def test_candidate_lookup_uses_the_word_index(tmp_path):
+    store = SignatureSQLite(tmp_path / "images.db")
+    store.add_signatures(synthetic(50, 0, "a"))
+    connection = store._connect()
+    keys = ", ".join(str(k) for k in range(63))
+    plan = " ".join(row[-1] for row in connection.execute(
+        f"EXPLAIN QUERY PLAN SELECT record, COUNT(*) AS shared FROM words WHERE word IN ({keys}) "
+        f"GROUP BY record ORDER BY shared DESC LIMIT 10"))
+    assert "SEARCH words USING PRIMARY KEY (word=?)" in plan, plan
+    assert "SCAN words" not in plan
+
+
+def test_two_processes_write_concurrently_without_losing_records(tmp_path):
+    path = tmp_path / "images.db"
+    SignatureSQLite(path)  # create it before the writers race
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_many, args=(str(path), seed)) for seed in (1, 2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    store = SignatureSQLite(path)
+    assert store.count() == 2 * 300
+    # Every record whole: its words are findable.
+    for item in synthetic(300, 1, "writer-1")[::50] + synthetic(300, 2, "writer-2")[::50]:
+        assert store.search_signature(item["signature"])[0]["path"] == item["path"]
+
+
+def _write_many(path, seed):
+    store = SignatureSQLite(path, timeout=60)
+    items = synthetic(300, seed, f"writer-{seed}")
+    for start in range(0, len(items), 10):  # many small transactions, interleaving
+        results = store.add_signatures(items[start:start + 10])
+        assert all(isinstance(r, str) for r in results), results
+
+
+def test_reader_in_another_process_sees_committed_records(tmp_path):
+    path = tmp_path / "images.db"
+    store = SignatureSQLite(path)
+    store.add_signatures(synthetic(20, 5, "r"))
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        assert pool.apply(_count, (store,)) == 20  # the forked copy opens its own connection
+
+
+def _count(store):
+    return store.count()
+
+
+def test_not_an_sqlite_file_or_another_applications(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"definitely not sqlite" * 100)
+    with pytest.raises(DatabaseError) as error:
+        open_database(f"sqlite:///{junk}")
+    assert str(junk) in str(error.value)
+    other = tmp_path / "other.db"
+    connection = sqlite3.connect(other)
+    connection.execute("PRAGMA application_id = 42")
+    connection.execute("CREATE TABLE t (x)")
+    connection.commit()
+    with pytest.raises(DatabaseError, match="another application"):
+        open_database(f"sqlite:///{other}")
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "images.db"
+    SignatureSQLite(path)
+    connection = sqlite3.connect(path)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.commit()
+    with pytest.raises(DatabaseError, match="newer"):
+        SignatureSQLite(path)
+
+
+def test_missing_store_without_create(tmp_path):
+    with pytest.raises(DatabaseError, match="no such store"):
+        SignatureSQLite(tmp_path / "absent.db", create=False)
+
+
+def test_memory_store_and_folder_creation(tmp_path):
+    memory = SignatureSQLite(":memory:")
+    memory.add_image(str(photos()[0]))
+    assert memory.count() == 1
+    nested = tmp_path / "a" / "b" / "images.db"
+    open_database(f"sqlite:///{nested}").add_image(str(photos()[0]))
+    assert nested.exists()
+
+
+def test_a_failed_write_leaves_nothing_half_written(tmp_path, monkeypatch):
+    store = SignatureSQLite(tmp_path / "images.db")
+    items = synthetic(5, 9, "atomic")
+
+    original = store._remove_words
+
+    def remove_then_fail(connection, ids):
+        original(connection, ids)
+        connection.execute("INSERT INTO records (id, path, signature, timestamp) "
+                           "VALUES ('half', 'half.jpg', x'00', 0)")
+        raise sqlite3.OperationalError("disk I/O error (simulated)")
+
+    monkeypatch.setattr(store, "_remove_words", remove_then_fail)
+    with pytest.raises(DatabaseError, match="simulated"):
+        store.add_signatures(items)
+    monkeypatch.undo()
+    assert store.count() == 0  # the half-written row was rolled back
+    assert store.add_signatures(items)[0] == default_id("atomic/0.jpg")
+    assert store.count() == 5
