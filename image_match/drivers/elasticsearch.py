@@ -1,0 +1,937 @@
+"""The Elasticsearch / OpenSearch store: ``SignatureES``, and ``open_search_engine`` for a URL.
+
+One driver serves Elasticsearch 7.17, 8 and 9 (through elasticsearch-py of the server's major) and
+OpenSearch 1, 2 and 3 (through opensearch-py). The client libraries differ in how a call is
+spelled (7.x and opensearch-py take ``body=``, elasticsearch-py 8/9 take the body's fields as
+keywords) and in their exception classes; ``_Client`` hides both, so the driver itself is written
+once against a handful of calls. Every failure leaves as a ``DatabaseError`` naming the store
+(never its password): transient when the engine could not be reached or was overloaded, permanent
+when it refused the request.
+
+An index is created with an explicit, strict mapping (nothing is left to dynamic guessing)::
+
+    path            keyword                      exact lookups (delete_duplicates)
+    signature       binary, not indexed          the signature packed 3 values a byte: 216 bytes
+    words           keyword, many values         layout "words" (the default): word i as
+                                                 ``i * 3**k + word``, one field for all N words
+    simple_word_i   long, i = 0..N-1             layout "simple_words": image-match 1.x's fields
+    metadata        object, enabled: false       kept as given, not indexed
+    metadata_terms  keyword, many values         ``key=<JSON value>`` per scalar in metadata, dotted
+                                                 keys for nested objects: what pre_filter queries
+    timestamp       date
+
+and the store's parameters (signature variant, grid, k, N) and its layout in the mapping's
+``_meta``, read back on every open. Candidates for a query are the records sharing the most words:
+a bool query of one term clause per word with ``minimum_should_match``, all the queries of a
+search (8 with ``all_orientations``, or a batch) in one ``msearch``. ``benchmarks/es_word_layout.py``
+measures the two layouts; "words" is the default because it is faster for the same recall and
+smaller on disk.
+
+Indices written by image-match 1.x (documents with ``path``, ``signature`` as a list of ints,
+``simple_word_0..62``, ``metadata`` and ``timestamp`` under a dynamic mapping, no ``_meta``) are
+read, searched and written in their own shape without re-indexing; their parameters are those the
+store is opened with (1.x recorded none), checked against what the documents show (N, k, grid).
+
+``pre_filter`` takes the portable form (``{"key": value}`` or ``{"key": [values]}`` on metadata,
+see ``records.normalize_filter``) or, as 1.x allowed, raw query DSL, which goes into the query's
+``filter`` as it is. DSL is a dict with a single key, the name of a query (``{"term": {...}}``,
+``{"bool": {...}}``, see ``QUERY_NAMES``), whose value is a dict: a portable filter's values are
+never dicts, and a dict under any other key is a mistake in a portable filter
+(InvalidParameterError). Wrap any other query (a plugin's) in ``QueryDSL`` to pass it.
+"""
+
+import base64
+import json
+import math
+import re
+import ssl
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from hashlib import blake2b
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from ..errors import DatabaseError, InvalidParameterError
+from ..records import (Record, filter_matches, normalize_filter, pack_signatures,
+                       unpack_signatures)
+from ..signature_database_base import SignatureDatabaseBase
+from ..words import make_words, word_field_names
+
+LAYOUTS = ("words", "simple_words")
+#: The layout of new indices; chosen by benchmarks/es_word_layout.py (see the README's table).
+DEFAULT_LAYOUT = "words"
+#: Seconds ``open_search_engine`` waits for the engine to answer ``GET /``.
+CONNECT_TIMEOUT = 5.0
+
+_WORDS_FIELD = "words"
+_TERMS_FIELD = "metadata_terms"
+# Longer metadata terms are indexed as a hash of themselves: a keyword term may not exceed 32766
+# bytes, and a filter on a long value hashes it the same way.
+#: The queries a dict ``pre_filter`` may be: the engines' full-text, term-level, compound,
+#: joining, geo and specialized queries.
+QUERY_NAMES = frozenset("""
+    bool boosting constant_score dis_max function_score script_score
+    match match_all match_none match_bool_prefix match_phrase match_phrase_prefix multi_match
+    combined_fields query_string simple_query_string intervals
+    term terms terms_set range exists prefix wildcard regexp fuzzy ids
+    nested has_child has_parent parent_id
+    geo_bounding_box geo_distance geo_polygon geo_shape shape
+    more_like_this percolate rank_feature distance_feature script pinned wrapper
+    knn neural sparse_vector text_expansion
+""".split())
+_MAX_TERM_LENGTH = 256
+_MAX_ID_BYTES = 512
+# The fields a search never needs back (they are derived from the signature and metadata).
+_NOT_RETURNED = [_WORDS_FIELD, _TERMS_FIELD, "simple_word_*"]
+
+
+class SignatureES(SignatureDatabaseBase):
+    """Signatures in an Elasticsearch or OpenSearch index (image-match 1.x's class, same name).
+
+    Parameters
+    ----------
+    es : elasticsearch.Elasticsearch or opensearchpy.OpenSearch
+        A client for the engine (elasticsearch-py of the server's major version for Elasticsearch).
+    index : str
+        The index (created with the mapping above if it does not exist).
+    doc_type : str
+        Accepted for 1.x compatibility and ignored: Elasticsearch 7+ and OpenSearch have no
+        mapping types (an index made with one on 6.x is still reached through ``_doc``).
+    timeout : str or number
+        How long the engine may spend on one search ("10s", or seconds).
+    size : int
+        Candidates fetched per query signature.
+    *args
+        Passed to ``SignatureDatabaseBase`` (``k, N, n_grid, crop_percentile, distance_cutoff``).
+    shards : int
+        Primary shards of a new index. One shard holds tens of millions of records comfortably;
+        more only pay on a cluster of several nodes.
+    replicas : int or None
+        Replicas of a new index. None (the default) auto-expands between 0 and 1: no replica on a
+        single node (which stays green), one as soon as the cluster has a second data node.
+    layout : {"words", "simple_words"} or None
+        How the words of a new index are stored (see the module's docstring); None: the default
+        for a new index, whatever an existing one has. An existing index of another layout refuses.
+    minimum_should_match : int or str
+        Words a candidate must share with a query (1: any; "10%" is also understood).
+    create : bool
+        Create the index when it does not exist.
+    **kwargs
+        More ``SignatureDatabaseBase`` / ``ImageSignature`` parameters.
+
+    Raises
+    ------
+    DatabaseError
+        The engine cannot be reached (``transient``), or the index holds something else.
+    InvalidParameterError
+        A parameter is invalid, or conflicts with the parameters the index was built with.
+    """
+
+    def __init__(self, es, index="images", doc_type="image", timeout="10s", size=100, *args,
+                 shards=1, replicas=None, layout=None, minimum_should_match=1, create=True,
+                 **kwargs):
+        super().__init__(*args, size=size, **kwargs)
+        if not isinstance(index, str) or not index:
+            raise InvalidParameterError(f"index={index!r}: must be a non-empty string")
+        if layout is not None and layout not in LAYOUTS:
+            raise InvalidParameterError(f"layout={layout!r}: must be one of {', '.join(LAYOUTS)}")
+        if type(shards) is not int or shards < 1:
+            raise InvalidParameterError(f"shards={shards!r}: must be a positive integer")
+        if replicas is not None and (type(replicas) is not int or replicas < 0):
+            raise InvalidParameterError(f"replicas={replicas!r}: must be None or an integer >= 0")
+        self.es = es
+        self.index = index
+        self.doc_type = doc_type
+        self.timeout = _check_timeout(timeout)
+        self.shards = shards
+        self.replicas = replicas
+        self.minimum_should_match = _check_minimum_should_match(minimum_should_match)
+        self._client = _Client(es, index)
+        self._requested_layout = layout
+        self.layout = layout or DEFAULT_LAYOUT
+        self.legacy = False  # an index of image-match 1.x documents
+        self._mapping = {}
+        self._index_exists = False
+        self._create_index = create
+        info = self._client.info()
+        version = info.get("version") or {}
+        self.engine = ("OpenSearch" if version.get("distribution") == "opensearch"
+                       else "Elasticsearch")
+        self.engine_version = version.get("number", "?")
+        if self.engine == "Elasticsearch" and _major(self.engine_version) < 7:
+            raise DatabaseError(f"{self.location}: Elasticsearch {self.engine_version} is too old "
+                                "(7.17 or later is needed)")
+        self._open(create=create)
+
+    @property
+    def location(self):
+        return self._client.location
+
+    # --- the index and its parameters ----------------------------------------------------------
+
+    def _read_config(self):
+        mapping = self._client.get_mapping()
+        self._index_exists = mapping is not None
+        self._mapping = mapping or {}
+        if mapping is None:
+            return None
+        properties = mapping.get("properties") or {}
+        meta = (mapping.get("_meta") or {}).get("image_match")
+        if meta:
+            self._use_layout(meta["layout"])
+            return meta["config"]
+        if not properties:
+            return None  # an empty index, made by hand or by 1.x before its first document
+        if "simple_word_0" in properties or "signature" in properties:
+            self._use_layout("simple_words", legacy=True)
+            return self._legacy_config(properties)
+        raise DatabaseError(f"{self.location}: the index holds other documents than image-match's "
+                            f"(fields {', '.join(sorted(properties)[:5])}); choose another index")
+
+    def _use_layout(self, layout, legacy=False):
+        if self._requested_layout not in (None, layout):
+            raise InvalidParameterError(
+                f"{self.location}: this index has the {layout!r} layout; open it with "
+                f"layout={layout!r} or None")
+        self.layout, self.legacy = layout, legacy
+
+    def _legacy_config(self, properties):
+        """An image-match 1.x index recorded no parameters: take those the store was opened with
+        (1.x's defaults unless told otherwise), corrected by what the documents show."""
+        config = self._config()
+        config["signature"]["variant"] = "1.x"  # 1.x's documents hold 1.x's signatures
+        word_count = sum(1 for name in properties if re.fullmatch(r"simple_word_\d+", name))
+        if word_count:
+            config["N"] = word_count
+        sample = self._client.search({"query": {"exists": {"field": "signature"}}, "size": 1})
+        hits = sample["hits"]["hits"]
+        if not hits:
+            return config
+        source = hits[0]["_source"]
+        signature = np.asarray(source.get("signature") or [], dtype=np.int64)
+        if signature.size and signature.size != self.gis.sig_length:
+            grid = math.isqrt(signature.size // 8)
+            if grid * grid * 8 == signature.size:
+                config["signature"]["n"] = grid
+        stored_words = [source.get(name) for name in word_field_names(config["N"])]
+        if signature.size and None not in stored_words:
+            # k is the word length whose words are the ones 1.x stored (the requested one first).
+            for k in [config["k"], *range(1, min(signature.size, 40) + 1)]:
+                if make_words(signature, k, config["N"]).tolist() == stored_words:
+                    config["k"] = k
+                    break
+        return config
+
+    def _create(self, config):
+        self.layout, self.legacy = self._requested_layout or DEFAULT_LAYOUT, False
+        mappings = self._mappings(config)
+        if self._index_exists:  # the index exists, empty: give it our mapping
+            self._client.put_mapping(mappings)
+            self._mapping = mappings
+            return
+        settings = {"number_of_shards": self.shards}
+        if self.replicas is None:
+            settings["auto_expand_replicas"] = "0-1"
+        else:
+            settings["number_of_replicas"] = self.replicas
+        if not self._client.create_index(settings, mappings):
+            # Another process created it in the meantime: adopt what it recorded.
+            stored = self._read_config()
+            if stored is None:
+                raise DatabaseError(f"{self.location}: the index appeared while being created, "
+                                    "without image-match's mapping")
+            self._adopt(stored)
+            return
+        self._mapping = mappings
+        self._index_exists = True
+
+    def _mappings(self, config):
+        properties = {
+            "path": {"type": "keyword"},
+            "signature": {"type": "binary"},
+            "metadata": {"type": "object", "enabled": False},
+            _TERMS_FIELD: {"type": "keyword", "doc_values": False},
+            "timestamp": {"type": "date"},
+        }
+        if self.layout == "words":
+            properties[_WORDS_FIELD] = {"type": self._words_type, "doc_values": False}
+        else:
+            for name in word_field_names(config["N"]):
+                properties[name] = {"type": "long", "doc_values": False}
+        meta = {"config": config, "layout": self.layout}
+        return {"dynamic": "strict", "_meta": {"image_match": meta}, "properties": properties}
+
+    # The field type of the "words" layout (benchmarks/es_word_layout.py also measures "long").
+    _words_type = "keyword"
+
+    # --- primitives ----------------------------------------------------------------------------
+
+    def _insert(self, records, refresh=False):
+        if not self._index_exists:
+            # Never let the engine create the index itself from a document (dynamic mapping).
+            if not self._create_index:
+                raise DatabaseError(f"{self.location}: no such index (opened with create=False)")
+            self._open()
+        # The engine refuses a whole bulk request over one id that is too long: refuse it here.
+        refused = [None if len(r.id.encode("utf-8")) <= _MAX_ID_BYTES else
+                   f"id is longer than {_MAX_ID_BYTES} bytes" for r in records]
+        operations = []
+        for record, reason in zip(records, refused):
+            if reason is None:
+                operations.append({"index": {"_index": self.index, "_id": record.id}})
+                operations.append(self._document(record))
+        if operations:
+            items = iter(self._client.bulk(operations, refresh=refresh)["items"])
+            refused = [_item_error(next(items)) if reason is None else reason
+                       for reason in refused]
+        return refused
+
+    def _document(self, record):
+        document = {"path": record.path}
+        if self.legacy:
+            # 1.x's shape, so that documents old and new read alike (also to 1.x code).
+            document["signature"] = record.signature.tolist()
+            if record.metadata is not None:
+                document["metadata"] = record.metadata
+        else:
+            document["signature"] = base64.b64encode(pack_signatures(record.signature)).decode()
+            document["metadata"] = record.metadata
+            document[_TERMS_FIELD] = metadata_terms(record.metadata)
+        if self.layout == "words":
+            document[_WORDS_FIELD] = tagged_words(record.words, self.k).tolist()
+        else:
+            document.update(zip(word_field_names(self.N), record.words.tolist()))
+        document["timestamp"] = _format_timestamp(record.timestamp)
+        return document
+
+    def _candidates(self, words, size, pre_filter):
+        clauses = self._filter_clauses(pre_filter)
+        searches = []
+        for row in np.atleast_2d(words):
+            query = self._words_query(row)
+            if clauses:
+                query = {"bool": {"must": [query], "filter": clauses}}
+            searches.append({"index": self.index})
+            searches.append({"query": query, "size": size, "timeout": self.timeout,
+                             "track_total_hits": False, "_source": {"excludes": _NOT_RETURNED}})
+        responses = self._client.msearch(searches)["responses"]
+        portable = pre_filter if isinstance(pre_filter, dict) else None
+        results = []
+        for response in responses:
+            if "error" in response:
+                status = response.get("status")
+                raise DatabaseError(f"{self.location}: search failed: {_reason(response['error'])}",
+                                    transient=status == 429 or (status or 0) >= 500)
+            records = (self._from_hit(hit) for hit in response["hits"]["hits"])
+            # The engine's translation of a portable filter may let more through (values inside
+            # lists, 1.x's text fields): the reference semantics decide.
+            results.append([r for r in records if filter_matches(r.metadata, portable)])
+        return results
+
+    def _words_query(self, row):
+        """Records sharing at least ``minimum_should_match`` of the words ``row``, scored by the
+        words they share (a term on a long field scores 1; on the keyword field, its rarity)."""
+        if self.layout == "words":
+            should = [{"term": {_WORDS_FIELD: int(v)}} for v in tagged_words(row, self.k)]
+        else:
+            should = [{"term": {name: int(w)}} for name, w in zip(word_field_names(self.N), row)]
+        return {"bool": {"should": should, "minimum_should_match": self.minimum_should_match}}
+
+    def _check_filter(self, pre_filter):
+        if isinstance(pre_filter, QueryDSL):
+            return pre_filter
+        if isinstance(pre_filter, dict) and len(pre_filter) == 1:
+            ((name, value),) = pre_filter.items()
+            if name in QUERY_NAMES and isinstance(value, dict):
+                return QueryDSL(pre_filter)
+        return normalize_filter(pre_filter)
+
+    def _filter_clauses(self, pre_filter):
+        if pre_filter is None:
+            return []
+        if isinstance(pre_filter, QueryDSL):
+            return [pre_filter.query]
+        if self.legacy:
+            return [self._legacy_filter(key, values) for key, values in pre_filter.items()]
+        return [{"terms": {_TERMS_FIELD: [metadata_term(key, v) for v in values]}}
+                for key, values in pre_filter.items()]
+
+    def _legacy_filter(self, key, values):
+        """Term queries on 1.x's dynamically mapped ``metadata.<key>``, by the type the engine
+        gave the field: strings on its keyword (sub)field, numbers and booleans on the field."""
+        field, mapping = f"metadata.{key}", _field_mapping(self._mapping, f"metadata.{key}")
+        kind = (mapping or {}).get("type")
+        keyword = field if kind == "keyword" else (
+            f"{field}.keyword" if "keyword" in (mapping or {}).get("fields", {}) else None)
+        numeric = kind in ("long", "integer", "short", "byte", "double", "float", "half_float",
+                           "scaled_float")
+        should = []
+        for value in values:
+            if isinstance(value, bool):
+                if kind == "boolean":
+                    should.append({"term": {field: value}})
+            elif isinstance(value, (int, float)):
+                if numeric:
+                    should.append({"term": {field: value}})
+            elif keyword:
+                should.append({"term": {keyword: value}})
+        return {"bool": {"should": should or [{"match_none": {}}], "minimum_should_match": 1}}
+
+    def _from_hit(self, hit):
+        source = hit.get("_source") or {}
+        signature = source.get("signature")
+        if isinstance(signature, str):
+            signature = unpack_signatures(base64.b64decode(signature), self.gis.sig_length)
+        else:
+            signature = np.asarray(signature if signature is not None else [], dtype=np.int8)
+        if signature.shape != (self.gis.sig_length,):
+            raise DatabaseError(f"{self.location}: record {hit['_id']} holds a signature of "
+                                f"{signature.size} values, this store's have {self.gis.sig_length}")
+        return Record(id=hit["_id"], path=source.get("path", source.get("url")),
+                      signature=signature, metadata=source.get("metadata"),
+                      timestamp=_parse_timestamp(source.get("timestamp")),
+                      score=hit.get("_score"))
+
+    def _get(self, ids):
+        docs = [{"_id": i, "_source": {"excludes": _NOT_RETURNED}} for i in ids]
+        found = {}
+        for doc in self._client.mget(docs)["docs"]:
+            if doc.get("found"):
+                record = self._from_hit(doc)
+                found[record.id] = record
+            elif "error" in doc:
+                raise DatabaseError(f"{self.location}: reading {doc['_id']}: {_reason(doc['error'])}")
+        return found
+
+    def _delete(self, ids):
+        operations = [{"delete": {"_index": self.index, "_id": i}} for i in ids]
+        # Deletions are rare and a user expects a deleted record gone from the next search.
+        response = self._client.bulk(operations, refresh=True)
+        deleted = 0
+        for item in response["items"]:
+            outcome = item["delete"]
+            if outcome.get("result") == "deleted":
+                deleted += 1
+            elif outcome.get("status") != 404:
+                raise DatabaseError(f"{self.location}: deleting {outcome.get('_id')}: "
+                                    f"{_item_error(item)}")
+        return deleted
+
+    def _ids_with_path(self, path):
+        query, exact = self._path_query(path)
+        holders = []
+        for hit in self._client.scan({"query": query, "_source": ["path", "url", "timestamp"]}):
+            source = hit.get("_source") or {}
+            if not exact or source.get("path", source.get("url")) == path:
+                holders.append((hit["_id"], _parse_timestamp(source.get("timestamp"))))
+        return holders
+
+    def _path_query(self, path):
+        """The query for records whose path is ``path``, and whether hits need an exact check.
+
+        1.x's dynamic mapping made ``path`` text with a ``keyword`` subfield that skips values
+        longer than its ``ignore_above``: those are found by phrase and checked here."""
+        mapping = _field_mapping(self._mapping, "path") or {"type": "keyword"}
+        if mapping.get("type") == "keyword":
+            return {"term": {"path": path}}, False
+        keyword = mapping.get("fields", {}).get("keyword")
+        if keyword and len(path) <= keyword.get("ignore_above", 2 ** 31):
+            return {"term": {"path.keyword": path}}, False
+        return {"match_phrase": {"path": path}}, True
+
+    def _scan(self, batch_size):
+        query = {"query": {"match_all": {}}, "_source": {"excludes": _NOT_RETURNED}}
+        for hit in self._client.scan(query, size=batch_size):
+            yield self._from_hit(hit)
+
+    def count(self):
+        """How many records the index holds (0 when it does not exist)."""
+        return self._client.count()
+
+    def drop(self):
+        """Delete the index and every record in it (the next write creates it again)."""
+        self._client.delete_index()
+        self._mapping, self._index_exists = {}, False
+
+    def refresh(self):
+        self._client.refresh()
+
+    def describe(self):
+        """``{"engine", "location", "records", "bytes", "layout"}``; bytes on disk, replicas
+        included."""
+        layout = self.layout + (" (image-match 1.x documents)" if self.legacy else "")
+        return {"engine": f"{self.engine} {self.engine_version}", "location": self.location,
+                "records": self.count(), "bytes": self._client.store_bytes(), "layout": layout}
+
+
+class QueryDSL:
+    """A ``pre_filter`` given as raw query DSL, passed to the engine as it is:
+    ``search_image(path, pre_filter=QueryDSL({"my_plugin_query": {...}}))``."""
+
+    def __init__(self, query):
+        if not isinstance(query, dict) or len(query) != 1:
+            raise InvalidParameterError(f"QueryDSL({query!r}): a query is a dict with one key")
+        self.query = query
+
+    def __repr__(self):
+        return f"QueryDSL({self.query!r})"
+
+
+# --- documents --------------------------------------------------------------------------------
+
+def tagged_words(words, k=16):
+    """The "words" layout's values: word i of a signature as ``i * 3**k + word``, so that one field
+    holds all N words and a word matches only at its own position.
+
+    Parameters
+    ----------
+    words : (N,) or (M, N) int array from ``make_words``
+
+    Returns
+    -------
+    int64 array of the same shape (of Python ints when the values pass 64 bits, k > 35)
+    """
+    words = np.asarray(words, dtype=np.int64)
+    dtype = np.int64 if words.shape[-1] * 3 ** k < 2 ** 63 else object
+    return words.astype(dtype) + np.arange(words.shape[-1]).astype(dtype) * 3 ** k
+
+
+def metadata_term(key, value):
+    """The indexed term for ``metadata[key] == value``: ``key=<JSON value>``.
+
+    Numbers equal in Python are one term (``1`` and ``1.0`` both ``key=1``), booleans are not
+    numbers (``key=true``), strings are quoted; long terms become a hash of themselves.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    term = f"{key}={json.dumps(value, ensure_ascii=False)}"
+    if len(term) > _MAX_TERM_LENGTH:
+        term = "#" + blake2b(term.encode("utf-8"), digest_size=16).hexdigest()
+    return term
+
+
+def metadata_terms(metadata):
+    """Every term of ``metadata`` a portable filter can ask for: its scalars, nested objects' by
+    dotted keys (``camera.make``). Values inside lists and keys holding a dot are left out, as
+    ``records.filter_matches`` never matches them."""
+    terms = []
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if isinstance(key, str) and key and "." not in key:
+                    walk(f"{prefix}.{key}" if prefix else key, inner)
+        elif isinstance(value, (str, int, float)) and prefix:  # bool is an int
+            if not (isinstance(value, float) and not math.isfinite(value)):
+                terms.append(metadata_term(prefix, value))
+
+    walk("", metadata or {})
+    return terms
+
+
+def _field_mapping(mapping, dotted):
+    """The mapping of a (dotted) field, or None."""
+    properties, field = mapping.get("properties") or {}, None
+    for part in dotted.split("."):
+        field = properties.get(part)
+        if field is None:
+            return None
+        properties = field.get("properties") or {}
+    return field
+
+
+def _parse_timestamp(value):
+    """An engine date (ISO 8601, or epoch milliseconds) as an aware datetime; 1.x wrote local
+    times without a zone, read here as UTC."""
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value / 1000, timezone.utc)
+        if isinstance(value, str):
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        pass
+    return None
+
+
+def _format_timestamp(value):
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+    return value  # given by the caller as the engine takes it (ISO 8601 text, epoch millis)
+
+
+def _item_error(item):
+    """None for a bulk item that succeeded, else the engine's reason."""
+    (outcome,) = item.values()
+    if "error" not in outcome:
+        return None
+    return _reason(outcome["error"])
+
+
+def _reason(error):
+    if isinstance(error, dict):
+        cause = error.get("caused_by") or {}
+        reason = f"{error.get('type', 'error')}: {error.get('reason', '')}".strip(": ")
+        if cause.get("reason"):
+            reason += f" ({cause['reason']})"
+        return reason
+    return str(error)
+
+
+def _check_timeout(timeout):
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return f"{int(math.ceil(timeout * 1000))}ms"
+    if isinstance(timeout, str) and re.fullmatch(r"\d+(ms|s|m|h|d|micros|nanos)", timeout):
+        return timeout
+    raise InvalidParameterError(f"timeout={timeout!r}: expected seconds or a duration such as '10s'")
+
+
+def _check_minimum_should_match(value):
+    if type(value) is int and value >= 1:
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d+%?", value):
+        return value
+    raise InvalidParameterError(
+        f"minimum_should_match={value!r}: must be a positive integer or a percentage ('10%')")
+
+
+# --- the client libraries ---------------------------------------------------------------------
+
+class _Client:
+    """The calls the driver makes, spelled for the client it was given, each failure translated
+    into a ``DatabaseError`` naming the index.
+
+    elasticsearch-py 7 and opensearch-py take request bodies as ``body=``; elasticsearch-py 8 and
+    9 take the body's fields as keywords (``query=``, ``operations=``, ``searches=``) and dropped
+    ``body=`` (9). A missing index is an exception (status 404) for all of them, which avoids
+    their different ways to ignore a status (``ignore=`` against ``.options(ignore_status=)``).
+    """
+
+    def __init__(self, es, index):
+        library = type(es).__module__.split(".")[0]
+        # elasticsearch-py 7.17 already takes keywords for these and warns about body= there.
+        self.field_keywords = library == "elasticsearch"
+        if library == "opensearchpy":
+            import opensearchpy.helpers
+
+            self.keywords = False
+            self.helpers = opensearchpy.helpers
+            errors = (opensearchpy.exceptions.OpenSearchException,)
+        elif library == "elasticsearch":
+            import elasticsearch
+            import elasticsearch.helpers
+
+            self.keywords = elasticsearch.VERSION[0] >= 8
+            self.helpers = elasticsearch.helpers
+            if elasticsearch.VERSION[0] >= 8:
+                import elastic_transport
+
+                errors = (elasticsearch.ApiError, elastic_transport.TransportError,
+                          elasticsearch.helpers.ScanError, elasticsearch.helpers.BulkIndexError)
+            else:
+                errors = (elasticsearch.exceptions.ElasticsearchException,)
+        else:
+            raise InvalidParameterError(
+                f"es={es!r}: expected an elasticsearch.Elasticsearch or opensearchpy.OpenSearch client")
+        self.es = es
+        self.index = index
+        self.errors = errors
+        self.address, self.secret = _client_address(es)
+        self.location = f"{self.address}/{index}"
+
+    def _call(self, what, function, *args, missing=None, **kwargs):
+        """``function(*args, **kwargs)``; ``missing`` when the index does not exist (if given)."""
+        try:
+            response = function(*args, **kwargs)
+        except self.errors as error:
+            status = _status_of(error)
+            if status == 404 and missing is not None:
+                return missing
+            raise self._translate(error, status, what) from None
+        return getattr(response, "body", response)  # elasticsearch-py 8 wraps its responses
+
+    def _translate(self, error, status, what):
+        if status is None:  # no HTTP answer: refused, reset, timed out, TLS, product check
+            reason = f"cannot reach the engine ({type(error).__name__}: {_short(error)})"
+            transient = True
+        else:
+            reason = f"HTTP {status}: {_error_reason(error)}"
+            transient = status == 429 or status >= 500
+        if self.secret:
+            reason = reason.replace(self.secret, "***")
+        return DatabaseError(f"{self.location}: {what}: {reason}", transient=transient)
+
+    def _body(self, function, body, keywords=None, **kwargs):
+        """Call ``function`` with ``body`` spelled as the client wants it (``keywords``: whether it
+        takes the body's fields as keywords, by default for elasticsearch-py 8/9)."""
+        keywords = self.keywords if keywords is None else keywords
+        return function(**kwargs, **body) if keywords else function(body=body, **kwargs)
+
+    def info(self):
+        return self._call("connecting", self.es.info)
+
+    def get_mapping(self):
+        """The index's mapping, or None if there is no such index."""
+        response = self._call("reading the mapping", self.es.indices.get_mapping,
+                              index=self.index, missing=False)
+        if not response:
+            return None
+        (index,) = response.values()  # keyed by the concrete index (an alias may point to it)
+        return index.get("mappings") or {}
+
+    def create_index(self, settings, mappings):
+        """Create the index; False if it already exists."""
+        try:
+            self._body(self.es.indices.create, {"settings": settings, "mappings": mappings},
+                       keywords=self.field_keywords, index=self.index)
+        except self.errors as error:
+            status = _status_of(error)
+            if status == 400 and "already_exists" in _error_reason(error):
+                return False
+            raise self._translate(error, status, "creating the index") from None
+        return True
+
+    def put_mapping(self, mappings):
+        if self.keywords:
+            body = {("meta" if key == "_meta" else key): value for key, value in mappings.items()}
+        else:
+            body = mappings
+        self._call("writing the mapping", self._body, self.es.indices.put_mapping, body,
+                   index=self.index)
+
+    def delete_index(self):
+        self._call("dropping the index", self.es.indices.delete, index=self.index, missing=True)
+
+    def refresh(self):
+        self._call("refreshing", self.es.indices.refresh, index=self.index, missing=True)
+
+    def count(self):
+        response = self._call("counting", self.es.count, index=self.index, missing={"count": 0})
+        return response["count"]
+
+    def store_bytes(self):
+        response = self._call("reading the index size", self.es.indices.stats, index=self.index,
+                              metric="store", missing={})
+        total = response.get("_all", {}).get("total", {}).get("store", {})
+        return total.get("size_in_bytes")
+
+    def bulk(self, operations, refresh=False):
+        spelled = {"operations": operations} if self.keywords else {"body": operations}
+        return self._call("writing", self.es.bulk, **spelled, refresh="true" if refresh else "false")
+
+    def msearch(self, searches):
+        spelled = {"searches": searches} if self.keywords else {"body": searches}
+        return self._call("searching", self.es.msearch, **spelled)
+
+    def search(self, body):
+        return self._call("searching", self._body, self.es.search, body,
+                          keywords=self.field_keywords, index=self.index)
+
+    def mget(self, docs):
+        return self._call("reading", self._body, self.es.mget, {"docs": docs}, index=self.index)
+
+    def scan(self, query, size=1000):
+        """Every hit of ``query``, through the client's own scroll helper."""
+        hits = self.helpers.scan(self.es, query=query, index=self.index, size=size, scroll="5m")
+        while True:
+            try:
+                hit = self._call("scanning", next, hits)
+            except StopIteration:
+                return
+            yield hit
+
+
+def _status_of(error):
+    """The HTTP status of a client error, or None when there was no HTTP answer."""
+    status = getattr(error, "status_code", None)  # elasticsearch-py 7, opensearch-py
+    if not isinstance(status, int):
+        meta = getattr(error, "meta", None)  # elasticsearch-py 8/9's ApiError
+        status = getattr(meta, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _error_reason(error):
+    info = getattr(error, "info", None)  # elasticsearch-py 7, opensearch-py: the parsed body
+    if not isinstance(info, dict):
+        info = getattr(error, "body", None)  # elasticsearch-py 8/9
+    if isinstance(info, dict) and isinstance(info.get("error"), dict):
+        return _reason(info["error"])
+    return _short(error)
+
+
+def _short(error):
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _client_address(es):
+    """``(scheme://host:port[/prefix], password or None)`` of a client's first node, for
+    messages (without the credentials) and for scrubbing the password out of them."""
+    try:
+        transport = es.transport
+        if hasattr(transport, "node_pool"):  # elasticsearch-py 8/9
+            node = transport.node_pool.all()[0].config
+            scheme, host, port, prefix = node.scheme, node.host, node.port, node.path_prefix
+            secret = None
+        else:
+            host_info = transport.hosts[0]
+            ssl_on = host_info.get("use_ssl") or host_info.get("scheme") == "https"
+            scheme, host, port = ("https" if ssl_on else "http"), host_info["host"], host_info.get("port")
+            prefix, secret = host_info.get("url_prefix", ""), None
+            auth = host_info.get("http_auth") or getattr(transport, "kwargs", {}).get("http_auth")
+            if isinstance(auth, str) and ":" in auth:
+                secret = auth.split(":", 1)[1]
+            elif isinstance(auth, (tuple, list)) and len(auth) == 2:
+                secret = auth[1]
+        address = f"{scheme}://{host}" + (f":{port}" if port else "") + (prefix or "").rstrip("/")
+        return address, secret or None
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return type(es).__name__, None
+
+
+# --- opening a store from a URL ----------------------------------------------------------------
+
+def open_search_engine(url, client_options=None, request_timeout=30, **kwargs):
+    """Open the index at ``http(s)://[user:pass@]host:port[/prefix]/index`` as a ``SignatureES``.
+
+    ``GET /`` (within ``CONNECT_TIMEOUT`` seconds) tells Elasticsearch from OpenSearch and the
+    major version; the matching client is built (opensearch-py, or elasticsearch-py of the
+    server's major). The index is the URL's last path segment, "images" when there is none (1.x's
+    default); anything before it is the engine's path prefix (behind a proxy).
+
+    Parameters
+    ----------
+    client_options : dict, optional
+        More options for the client (``verify_certs``, ``ca_certs``, ``headers``...).
+    request_timeout : float
+        Seconds the client waits for any one request.
+    **kwargs
+        ``SignatureES`` parameters (``layout``, ``replicas``, ``size``, ``distance_cutoff``...).
+
+    Raises
+    ------
+    DatabaseError
+        The engine does not answer (transient), is not one this driver supports, or needs a client
+        library that is missing or of another major version (the message says what to install).
+    """
+    address, index, username, password = _parse_url(url)
+    options = dict(client_options or {})
+    where = f"{address}/{index}"
+    product, version = _probe(address, username, password, options, where)
+    major = _major(version)
+    if product == "OpenSearch":
+        try:
+            import opensearchpy
+        except ImportError:
+            raise DatabaseError(f"{where}: OpenSearch {version} needs opensearch-py: "
+                                "pip install 'image-match[opensearch]'") from None
+        factory = opensearchpy.OpenSearch
+        auth = {"http_auth": (username, password)} if username is not None else {}
+        timeouts = {"timeout": request_timeout}
+    else:
+        try:
+            import elasticsearch
+        except ImportError:
+            raise DatabaseError(
+                f"{where}: Elasticsearch {version} needs elasticsearch-py {major}: "
+                f"pip install 'elasticsearch>={major},<{major + 1}'") from None
+        problem = check_client_version(major, elasticsearch.VERSION[0])
+        if problem:
+            raise DatabaseError(f"{where}: Elasticsearch {version}: {problem}")
+        factory = elasticsearch.Elasticsearch
+        if elasticsearch.VERSION[0] >= 8:
+            auth = {"basic_auth": (username, password)} if username is not None else {}
+            timeouts = {"request_timeout": request_timeout}
+        else:
+            auth = {"http_auth": (username, password)} if username is not None else {}
+            timeouts = {"timeout": request_timeout}
+    client_kwargs = {**timeouts, "max_retries": 1, "retry_on_timeout": False, **auth, **options}
+    try:
+        client = factory([address], **client_kwargs)
+    except Exception as error:  # the clients raise ValueError, TypeError, their own: report any
+        message = _short(error)
+        if password:
+            message = message.replace(password, "***")
+        raise DatabaseError(f"{where}: cannot set up the {product} client: {message}") from None
+    return SignatureES(client, index, **kwargs)
+
+
+def check_client_version(server_major, client_major):
+    """None if elasticsearch-py ``client_major`` talks to an Elasticsearch ``server_major``, else
+    what to install. Clients speak to their own major; 8 also to 9 (its REST compatibility)."""
+    if server_major < 7:
+        return "Elasticsearch 7.17 or later is needed (this server is too old)"
+    if client_major == server_major or (client_major == 8 and server_major == 9):
+        return None
+    return (f"elasticsearch-py {client_major} is installed, this server needs "
+            f"elasticsearch-py {server_major}: pip install 'elasticsearch>={server_major},"
+            f"<{server_major + 1}'")
+
+
+def _parse_url(url):
+    """``(address without credentials, index, username, password)``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidParameterError(f"{_redact(url)}: expected http(s)://host:port/index")
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidParameterError(f"{_redact(url)}: the port is not a number") from None
+    segments = [s for s in parts.path.split("/") if s]
+    index = unquote(segments[-1]) if segments else "images"
+    prefix = "".join("/" + s for s in segments[:-1])
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    address = f"{parts.scheme}://{host}:{port or (443 if parts.scheme == 'https' else 9200)}{prefix}"
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if username is not None and password is None:
+        password = ""
+    return address, index, username, password
+
+
+def _redact(url):
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.password is None:
+        return str(url)
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _probe(address, username, password, options, where):
+    """``("OpenSearch" | "Elasticsearch", version)`` from the engine's ``GET /``."""
+    request = urllib.request.Request(address + "/", headers={"Accept": "application/json"})
+    if username is not None:
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    handlers = [urllib.request.ProxyHandler({})]  # as the clients: no proxy from the environment
+    if address.startswith("https"):
+        context = ssl.create_default_context(cafile=options.get("ca_certs"))
+        if options.get("verify_certs") is False:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    try:
+        with urllib.request.build_opener(*handlers).open(request, timeout=CONNECT_TIMEOUT) as response:
+            info = json.load(response)
+    except urllib.error.HTTPError as error:
+        hint = " (check the user and password)" if error.code in (401, 403) else ""
+        raise DatabaseError(f"{where}: the engine answered HTTP {error.code}{hint}",
+                            transient=error.code == 429 or error.code >= 500) from None
+    except (OSError, ValueError) as error:  # refused, timed out, TLS, not JSON
+        reason = getattr(error, "reason", error)
+        message = " ".join(str(reason).split())
+        if password:
+            message = message.replace(password, "***")
+        raise DatabaseError(f"{where}: cannot reach the engine ({message})", transient=True) from None
+    version = (info.get("version") or {}) if isinstance(info, dict) else {}
+    if not version.get("number"):
+        raise DatabaseError(f"{where}: this is not an Elasticsearch or OpenSearch engine")
+    product = "OpenSearch" if version.get("distribution") == "opensearch" else "Elasticsearch"
+    return product, version["number"]
+
+
+def _major(version):
+    match = re.match(r"(\d+)", version)
+    return int(match.group(1)) if match else 0
