@@ -2,8 +2,9 @@
 
     python benchmarks/signature_speed.py [--runs 3] [--skip-memory]
 
-Every figure is measured in this run: the median over ``--runs`` passes of the seconds per image,
-so ratios between rows hold even on a busy machine. Rows:
+Every figure is measured in this run: the median over ``--runs`` passes of the CPU seconds per
+image (wall-clock time for the all-cores table), so ratios between rows hold even on a busy
+machine. Rows:
 
 - decode full / decode draft: Pillow's decode alone, at full scale and at the reduced DCT scale
   our loader picks: the floor under any signature computed from the pixels.

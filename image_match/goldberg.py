@@ -38,6 +38,7 @@ at distance 1.0 from everything, itself included, so blank images never match an
 import itertools
 import os
 from collections import deque
+from functools import lru_cache
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -220,16 +221,40 @@ def block_means(grey, row_spans, column_spans, original_shape=None):
     if shape == grey.shape and integral:
         return _pixel_block_means(grey, row_starts, row_stops, column_starts, column_stops)
 
-    row_weights = _coverage(row_starts, row_stops, grey.shape[0] / shape[0], grey.shape[0])
-    column_weights = _coverage(column_starts, column_stops, grey.shape[1] / shape[1],
-                               grey.shape[1])
-    # Only the rows and columns some rectangle touches take part in the products.
-    rows = np.flatnonzero(row_weights.any(axis=0))
-    columns = np.flatnonzero(column_weights.any(axis=0))
-    touched = grey[np.ix_(rows, columns)].astype(np.float64)
-    sums = row_weights[:, rows] @ touched @ column_weights[:, columns].T
-    areas = np.outer(row_weights.sum(axis=1), column_weights.sum(axis=1))
+    # Area-weighted sums. Along the rows: each band of squares gathers the pixel rows it touches,
+    # weighted by how much of each it covers. Along the columns: the band's running sums read at
+    # fractional coordinates (within a pixel the running sum grows linearly, so linear
+    # interpolation of it is exact). No matrix product: BLAS threads cost more than they save on
+    # arrays this small, and far more on a busy machine.
+    row_scale, column_scale = grey.shape[0] / shape[0], grey.shape[1] / shape[1]
+    low, high = row_starts * row_scale, row_stops * row_scale
+    first = np.floor(low).astype(np.intp)
+    span = max(int(np.max(np.ceil(high) - first)), 1)
+    touched = first[:, None] + np.arange(span)                          # (n, m) pixel rows
+    weights = np.clip(np.minimum(touched + 1, high[:, None]) - np.maximum(touched, low[:, None]),
+                      0, None)
+    rows = grey[np.minimum(touched, grey.shape[0] - 1)]                 # (n, m, w)
+    band_sums = np.einsum("nm,nmw->nw", weights, rows)
+    cumulative = np.zeros((band_sums.shape[0], grey.shape[1] + 1))
+    np.cumsum(band_sums, axis=1, out=cumulative[:, 1:])
+    columns = np.concatenate([column_starts, column_stops]) * column_scale
+    at_edges = _interpolate(cumulative, columns, axis=1)
+    n_columns = len(column_starts)
+    sums = at_edges[:, n_columns:] - at_edges[:, :n_columns]
+    areas = np.outer(high - low, columns[n_columns:] - columns[:n_columns])
     return sums / np.where(areas > 0, areas, 1)
+
+
+def _interpolate(values, positions, axis):
+    """``values`` linearly interpolated at fractional ``positions`` along ``axis``."""
+    below = np.clip(np.floor(positions).astype(np.intp), 0, values.shape[axis] - 2)
+    weight = positions - below
+    low = np.take(values, below, axis=axis)
+    high = np.take(values, below + 1, axis=axis)
+    shape = [1, 1]
+    shape[axis] = -1
+    weight = weight.reshape(shape)
+    return low + (high - low) * weight
 
 
 def _pixel_block_means(grey, row_starts, row_stops, column_starts, column_stops):
@@ -247,14 +272,6 @@ def _pixel_block_means(grey, row_starts, row_stops, column_starts, column_stops)
     return square_sums / np.outer(row_stops - row_starts, column_stops - column_starts)
 
 
-def _coverage(starts, stops, scale, size):
-    """(n, size) array: the length of each span (times ``scale``) that falls on each pixel."""
-    edges = np.arange(size + 1)
-    low = np.maximum(edges[None, :-1], np.asarray(starts)[:, None] * scale)
-    high = np.minimum(edges[None, 1:], np.asarray(stops)[:, None] * scale)
-    return np.clip(high - low, 0, None)
-
-
 def neighbour_differences(means, diagonal_neighbors=True):
     """Each grid point's mean minus each neighbour's, 0 where the neighbour is off the grid.
 
@@ -262,16 +279,25 @@ def neighbour_differences(means, diagonal_neighbors=True):
     -------
     (n, n, 8) ndarray, or (n, n, 4) without diagonal neighbours, in ``NEIGHBOUR_OFFSETS`` order.
     """
-    offsets = NEIGHBOUR_OFFSETS if diagonal_neighbors else AXIAL_OFFSETS
     rows, columns = means.shape
-    padded = np.full((rows + 2, columns + 2), np.nan)
-    padded[1:-1, 1:-1] = means
-    neighbours = np.stack(
-        [padded[1 + dr:1 + dr + rows, 1 + dc:1 + dc + columns] for dr, dc in offsets], axis=-1
-    )
-    differences = means[:, :, None] - neighbours
-    differences[np.isnan(differences)] = 0.0
-    return differences
+    neighbours, off_grid = _neighbour_indices(rows, columns, diagonal_neighbors)
+    flat = means.ravel()
+    differences = flat[:, None] - flat[neighbours]
+    differences[off_grid] = 0.0
+    return differences.reshape(rows, columns, -1)
+
+
+@lru_cache(maxsize=8)
+def _neighbour_indices(rows, columns, diagonal_neighbors):
+    """(rows * columns, k) flat indices of each point's neighbours, and where they are off the grid."""
+    offsets = NEIGHBOUR_OFFSETS if diagonal_neighbors else AXIAL_OFFSETS
+    r, c = np.divmod(np.arange(rows * columns), columns)
+    neighbour_rows = r[:, None] + np.array([dr for dr, _ in offsets])
+    neighbour_columns = c[:, None] + np.array([dc for _, dc in offsets])
+    off_grid = ((neighbour_rows < 0) | (neighbour_rows >= rows)
+                | (neighbour_columns < 0) | (neighbour_columns >= columns))
+    neighbours = np.where(off_grid, 0, neighbour_rows * columns + neighbour_columns)
+    return neighbours, off_grid
 
 
 def quantize_differences(differences, identical_tolerance=2 / 255.0, n_levels=2, variant="1.x"):
