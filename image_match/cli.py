@@ -1,64 +1,28 @@
 """The ``image-match`` command line.
 
 Every command prints for people by default and one JSON object per line with ``--json``. Errors
-print one line to stderr: a user mistake (bad option, missing file argument) exits 2, a failure
-exits 1, and no traceback is shown unless ``-v`` is given.
+print one line to stderr: a user mistake (bad option, bad store URL) exits 2, a failure (unreadable
+image, unreachable engine) exits 1, and no traceback is shown unless ``-v`` is given.
+
+The commands on a store (add, search, dedupe, ...) are in ``cli_store`` and ``cli_dedupe``, the
+engine helper is here, the Celery commands (ingest, worker, job) in ``tasks.cli``; what they share
+(errors, output options, ``--db``, progress bars) in ``cli_common``.
 """
 
-import json
 import sys
 
 import click
 import numpy as np
 
 from . import __version__
-from .errors import ImageMatchError, InvalidParameterError
+from .cli_common import (EXIT_FAILURE, EXIT_USAGE, Context, Group, json_line,  # noqa: F401
+                         output_options)
+from .errors import ImageMatchError
 from .goldberg import (DIHEDRAL_NAMES, VARIANTS, ImageSignature, is_featureless, normalized_distance,
                        signature_variants)
+from .signature_database_base import DEFAULT_CUTOFF
 from .words import make_words
 
-DEFAULT_CUTOFF = 0.45
-
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
-class Context:
-    """What every command shares: verbosity and output mode."""
-
-    def __init__(self, verbose=0, quiet=False):
-        self.verbose = verbose
-        self.quiet = quiet
-
-    def info(self, message):
-        if not self.quiet:
-            click.echo(message, err=True)
-
-
-class Group(click.Group):
-    """A click group that turns our errors into one line and an exit status."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except InvalidParameterError as error:
-            _fail(ctx, error, EXIT_USAGE)
-        except ImageMatchError as error:
-            _fail(ctx, error, EXIT_FAILURE)
-
-
-def _fail(ctx, error, status):
-    state = ctx.find_object(Context)
-    if state is not None and state.verbose:
-        import traceback
-
-        traceback.print_exc()
-    click.echo(f"error: {error}", err=True)
-    ctx.exit(status)
-
-
-def json_line(value):
-    click.echo(json.dumps(value, separators=(", ", ": ")))
 
 
 def signature_options(function):
@@ -80,14 +44,25 @@ def make_generator(variant, exact):
 @click.option("-q", "--quiet", is_flag=True, help="Say only what was asked for.")
 @click.pass_context
 def main(ctx, verbose, quiet):
-    """Find the copies of a picture: resized, recompressed, cropped, watermarked, flipped."""
-    ctx.obj = Context(verbose, quiet)
+    """Find the copies of a picture: resized, recompressed, cropped, watermarked, flipped.
+
+    \b
+    image-match dedupe ~/Pictures             groups of near-duplicates in a folder
+    image-match add ~/Pictures                sign and store images (SQLite by default)
+    image-match search photo.jpg              the stored copies of a picture
+    image-match compare a.jpg b.jpg           the distance between two images
+
+    Exit status: 0 done, 1 failed (an unreadable image, an unreachable store), 2 a usage mistake.
+    """
+    state = ctx.ensure_object(Context)
+    state.verbose += verbose
+    state.quiet = state.quiet or quiet
 
 
-@main.command()
+@main.command(short_help="Print the signatures of images.")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--words", "show_words", is_flag=True, help="Print the 63 integer words too.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+@output_options
 @signature_options
 @click.pass_obj
 def signature(state, images, show_words, as_json, variant, exact):
@@ -120,14 +95,14 @@ def signature(state, images, show_words, as_json, variant, exact):
         sys.exit(EXIT_FAILURE)
 
 
-@main.command()
+@main.command(short_help="Distance between two images, and a verdict.")
 @click.argument("first")
 @click.argument("second")
 @click.option("--cutoff", type=click.FloatRange(0, 1), default=DEFAULT_CUTOFF, show_default=True,
               help="Distances below it are the same picture.")
 @click.option("--all-orientations", is_flag=True,
               help="Also compare with FIRST's 8 flips and rotations; keep the closest.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@output_options
 @signature_options
 @click.pass_obj
 def compare(state, first, second, cutoff, all_orientations, as_json, variant, exact):
@@ -149,3 +124,145 @@ def compare(state, first, second, cutoff, all_orientations, as_json, variant, ex
     else:
         verdict = "same picture" if match else "different pictures"
         click.echo(f"{distance:.4f}\t{verdict} (cutoff {cutoff})")
+
+
+# --- the commands on a store ----------------------------------------------------------------------
+
+def _register_store_commands():
+    from .cli_dedupe import dedupe
+    from .cli_store import COMMANDS
+
+    for command in COMMANDS + (dedupe,):
+        main.add_command(command)
+
+
+_register_store_commands()
+
+
+# --- engine: a local OpenSearch / Elasticsearch node ----------------------------------------------
+
+@main.group(cls=Group, short_help="Start, stop or check a local search engine.")
+def engine():
+    """Start, stop or check a local OpenSearch or Elasticsearch node (for --db http://...).
+
+    Needs a source checkout of image-match (the engines/ folder, or IMAGE_MATCH_ENGINES_DIR),
+    a JDK 17 and Maven; the first start builds the node (downloads about 50 MB).
+    """
+
+
+def _engine_dirs(kind, data_dir):
+    from . import local_engine
+
+    if data_dir:
+        return [data_dir]
+    return [local_engine.default_data_dir(k) for k in ([kind] if kind else local_engine.ENGINES)]
+
+
+def _engine_state(running):
+    return {"running": True, "kind": running.kind, "version": running.version, "url": running.url,
+            "pid": running.pid, "data_dir": str(running.data_dir), "log": str(running.log_path)}
+
+
+@engine.command("start")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="HTTP port on 127.0.0.1 (default: a free one).")
+@click.option("--heap", default="512m", show_default=True, help="JVM heap (512m, 2g...).")
+@click.option("--timeout", type=click.IntRange(1), default=180, show_default=True,
+              help="Seconds to wait for the node to answer.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="The node's folder (default: image-match/engines/KIND in the user's data directory).")
+@click.option("--kind", type=click.Choice(["opensearch", "elasticsearch"]), default="opensearch",
+              show_default=True, help="Which engine.")
+@output_options
+@click.pass_obj
+def engine_start(state, port, heap, timeout, data_dir, kind, as_json):
+    """Start a node in the background; it runs until `image-match engine stop`."""
+    from . import local_engine
+
+    state.info(f"starting {kind} (the first start builds it with Maven)...")
+    started = local_engine.start(kind, port=port, data_dir=data_dir, heap=heap, timeout=timeout)
+    if as_json:
+        json_line(_engine_state(started))
+    else:
+        click.echo(f"{kind} {started.version} running at {started.url} (pid {started.pid}, "
+                   f"data {started.data_dir})")
+        state.info(f"use it: --db {started.url}/images, or export "
+                   f"IMAGE_MATCH_DATABASE={started.url}/images")
+
+
+@engine.command("stop")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="The node's folder (default: the user's nodes of --kind, or of both kinds).")
+@click.option("--kind", type=click.Choice(["opensearch", "elasticsearch"]), default=None,
+              help="Which engine (default: whichever is running).")
+@output_options
+def engine_stop(data_dir, kind, as_json):
+    """Stop the node (no error if none is running)."""
+    from . import local_engine
+
+    stopped = [node for node in (local_engine.stop(folder) for folder in _engine_dirs(kind, data_dir))
+               if node is not None]
+    if as_json:
+        json_line({"stopped": [dict(_engine_state(node), running=False) for node in stopped]})
+    elif stopped:
+        for node in stopped:
+            click.echo(f"stopped {node.kind} at {node.url} (pid {node.pid})")
+    else:
+        click.echo("no engine was running")
+
+
+@engine.command("status")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="The node's folder (default: the user's nodes of --kind, or of both kinds).")
+@click.option("--kind", type=click.Choice(["opensearch", "elasticsearch"]), default=None,
+              help="Which engine (default: both).")
+@output_options
+def engine_status(data_dir, kind, as_json):
+    """Say whether a node is running, where, and its cluster health."""
+    from . import local_engine
+
+    running = [node for node in (local_engine.status(folder) for folder in _engine_dirs(kind, data_dir))
+               if node is not None]
+    if as_json:
+        json_line({"running": bool(running),
+                   "engines": [dict(_engine_state(node), health=node.health()) for node in running]})
+    elif running:
+        for node in running:
+            click.echo(f"{node.kind} {node.version} running at {node.url} (pid {node.pid}, "
+                       f"health {node.health() or 'not answering'}, data {node.data_dir})")
+    else:
+        click.echo("no engine running")
+
+
+# --- the Celery commands (bulk ingestion), from their own module ---------------------------------
+
+def _register_celery_commands():
+    try:
+        from .tasks.cli import ingest, job, worker
+    except ModuleNotFoundError as error:
+        if error.name in ("image_match.tasks", "image_match.tasks.cli"):
+            return  # not part of this installation (yet)
+        _register_unavailable(("ingest", "worker", "job"), error)
+        return
+    except ImportError as error:
+        _register_unavailable(("ingest", "worker", "job"), error)
+        return
+    for command in (ingest, worker, job):
+        main.add_command(command)
+
+
+def _register_unavailable(names, error):
+    """Commands that say why they cannot run, instead of breaking the whole command line."""
+    from .errors import ImageMatchError
+
+    for name in names:
+        def unavailable(**_):
+            raise ImageMatchError(f"the {' / '.join(names)} commands cannot load: {error} "
+                                  "(pip install 'image-match[celery]')")
+
+        main.add_command(click.Command(name, callback=unavailable, context_settings={
+            "ignore_unknown_options": True, "allow_extra_args": True},
+            help="Unavailable: its module could not be imported.", hidden=False))
+
+
+_register_celery_commands()

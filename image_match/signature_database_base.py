@@ -31,18 +31,22 @@ the same path again replaces the record instead of adding a second one. Give ``i
 
 import itertools
 import warnings
+from datetime import datetime, timezone
 from operator import itemgetter
 
 import numpy as np
 
 from .errors import DatabaseError, ImageMatchError, InvalidParameterError, RecordNotFoundError
-from .goldberg import ImageSignature, is_featureless
+from .goldberg import ImageSignature, is_featureless, signature_variants
 from .goldberg import normalized_distance as _normalized_distance
 from .loading import describe
 from .records import Record, check_metadata, default_id, normalize_filter, now
 from .words import make_words
 
-DEFAULT_CUTOFF = 0.45
+# Two unrelated photos are closer than 0.40 with a probability of about 1e-6 (5.3e-7 over 1.9
+# million pairs of the dev corpus and its copies), against 4e-5 at image-match 1.x's 0.45; see
+# README.rst ("What the cutoff means") and benchmarks/accuracy.py.
+DEFAULT_CUTOFF = 0.40
 CONFIG_FORMAT = 2
 
 # The keys of ImageSignature's parameters that decide what a signature is (draft only moves
@@ -65,7 +69,8 @@ class SignatureDatabaseBase:
     crop_percentile : (float, float) or None
         The signature's crop (5, 95).
     distance_cutoff : float
-        Matches are closer than this (0.45).
+        Matches are closer than this: 0.40 (image-match 1.x's code used 0.45, its documentation
+        0.40; at 0.45 a store of a million photos returns about 40 unrelated matches a query).
     size : int
         Candidates the engine returns per query signature before the exact distance ranks them.
     *signature_args, **signature_kwargs
@@ -108,8 +113,9 @@ class SignatureDatabaseBase:
         their constructor."""
         stored = self._read_config()
         if stored is None:
-            if create:
-                self._create(self._config())
+            if not create:
+                raise DatabaseError(f"{self.location}: no such store")
+            self._create(self._config())
             return
         self._adopt(stored)
 
@@ -260,7 +266,7 @@ class SignatureDatabaseBase:
             raise InvalidParameterError(f"{path}: id must be a string, not {record_id!r}")
         return Record(id=record_id, path=path, signature=signature,
                       metadata=check_metadata(item.get("metadata"), path),
-                      timestamp=item.get("timestamp") or now())
+                      timestamp=_timestamp(item.get("timestamp"), path))
 
     def refresh(self):
         """Make what was added searchable now (engines refresh periodically on their own)."""
@@ -347,10 +353,17 @@ class SignatureDatabaseBase:
 
     def _search_signatures(self, queries, pre_filter, size, distance_cutoff):
         """Matches for each query, given as a (Q, L) array of signatures of one image."""
+        return [[{"id": record.id, "path": record.path, "dist": distance, "score": record.score,
+                  "metadata": record.metadata} for record, distance in found]
+                for found in self._search_records(queries, pre_filter, size, distance_cutoff)]
+
+    def _search_records(self, queries, pre_filter, size, distance_cutoff):
+        """For each query (a (Q, L) array: the signatures of one image), ``[(Record, distance)]``
+        closer than the cutoff, each record once at its best distance, nearest first."""
         cutoff = self.distance_cutoff if distance_cutoff is None else _check_cutoff(distance_cutoff)
         size = self.size if size is None else _check_size(size)
         pre_filter = self._check_filter(pre_filter)
-        if not queries:
+        if not len(queries):
             return []
         # Featureless signatures match nothing: do not ask the engine about them.
         searched = [q[~is_featureless(q)] for q in queries]
@@ -371,12 +384,9 @@ class SignatureDatabaseBase:
             return []
         stored = np.stack([record.signature for record in records])
         distances = np.min([_normalized_distance(stored, s) for s in signatures], axis=0)
-        matches = [
-            {"id": record.id, "path": record.path, "dist": float(distance),
-             "score": record.score, "metadata": record.metadata}
-            for record, distance in zip(records, distances) if distance < cutoff
-        ]
-        return sorted(matches, key=itemgetter("dist"))
+        ranked = [(record, float(distance)) for record, distance in zip(records, distances)
+                  if distance < cutoff]
+        return sorted(ranked, key=itemgetter(1))
 
     def _check_filter(self, pre_filter):
         return normalize_filter(pre_filter)
@@ -392,6 +402,11 @@ class SignatureDatabaseBase:
         if record is None:
             raise RecordNotFoundError(f"{self.location}: no record with id {id!r}")
         return record.as_dict()
+
+    def get_many(self, ids):
+        """The records with these ids, as ``{id: record}`` (absent ids are left out); one round
+        trip."""
+        return {record_id: record.as_dict() for record_id, record in self._get(list(ids)).items()}
 
     def delete(self, id):
         """Delete the record with this id; True if there was one."""
@@ -414,11 +429,19 @@ class SignatureDatabaseBase:
         for record in self._scan(batch_size):
             yield record.as_dict()
 
-    def find_duplicates(self, distance_cutoff=None, size=None, batch_size=200):
+    def find_duplicates(self, distance_cutoff=None, size=None, batch_size=200,
+                        all_orientations=False):
         """Groups of near-duplicate images over the whole store.
 
-        Every record is searched against the store with its stored words and signature; two
-        records closer than the cutoff are linked, and a group is a connected set of links.
+        Every record is searched against the store with its stored signature; two records closer
+        than the cutoff are linked, and a group is a connected set of links.
+
+        Parameters
+        ----------
+        all_orientations : bool
+            Also link flipped and rotated copies, by searching each record's 8 orientations. The
+            images themselves are not at hand, so the orientations are the index arithmetic of
+            ``signature_variants``: exact for the paper variant, within a small distance for 1.x's.
 
         Returns
         -------
@@ -427,8 +450,14 @@ class SignatureDatabaseBase:
             member the one with the most links (ties: the earliest path), ``dist`` each member's
             distance to it; groups with the most members first.
         """
-        cutoff = self.distance_cutoff if distance_cutoff is None else _check_cutoff(distance_cutoff)
-        size = self.size if size is None else _check_size(size)
+        parameters = self.gis.parameters()
+
+        def orientations(signature):
+            if all_orientations:
+                return signature_variants(signature, parameters["n"],
+                                          parameters["diagonal_neighbors"])
+            return signature[None]
+
         parent, records, links = {}, {}, {}
 
         def root(node):
@@ -438,20 +467,12 @@ class SignatureDatabaseBase:
             return node
 
         for batch in _batches(self._scan(batch_size), batch_size):
-            batch = [record for record in batch if record.signature.any()]
-            if not batch:
-                continue
-            signatures = np.stack([record.signature for record in batch])
-            candidate_lists = self._candidates(make_words(signatures, self.k, self.N), size, None)
-            for record, candidates in zip(batch, candidate_lists):
-                records[record.id] = record
-                others = [c for c in candidates if c.id != record.id]
-                if not others:
-                    continue
-                distances = _normalized_distance(np.stack([c.signature for c in others]),
-                                                 record.signature)
-                for other, distance in zip(others, distances):
-                    if distance < cutoff:
+            queries = [orientations(record.signature) for record in batch]
+            for record, found in zip(batch, self._search_records(queries, None, size,
+                                                                 distance_cutoff)):
+                records.setdefault(record.id, record)
+                for other, _ in found:
+                    if other.id != record.id:
                         records.setdefault(other.id, other)
                         links.setdefault(record.id, set()).add(other.id)
                         links.setdefault(other.id, set()).add(record.id)
@@ -463,8 +484,9 @@ class SignatureDatabaseBase:
         groups = []
         for group in members.values():
             group.sort(key=lambda r: (-len(links[r.id]), r.path, r.id))
-            head = group[0]
-            distances = _normalized_distance(np.stack([r.signature for r in group]), head.signature)
+            head = orientations(group[0].signature)
+            stored = np.stack([r.signature for r in group])
+            distances = np.min([_normalized_distance(stored, h) for h in head], axis=0)
             groups.append([{"id": r.id, "path": r.path, "dist": float(d), "metadata": r.metadata}
                            for r, d in zip(group, distances)])
         groups.sort(key=lambda g: (-len(g), g[0]["path"]))
@@ -519,6 +541,21 @@ def _check_size(size):
     if type(size) is not int or size < 1:
         raise InvalidParameterError(f"size={size!r}: must be a positive integer")
     return size
+
+
+def _timestamp(value, source):
+    """A record's timestamp: a datetime, an ISO 8601 string (as ``iter_records`` exports it; UTC
+    when it names no zone), or None for now."""
+    if value is None:
+        return now()
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidParameterError(f"{source}: timestamp {value!r} is not ISO 8601") from None
+    if not isinstance(value, datetime):
+        raise InvalidParameterError(f"{source}: timestamp must be a datetime or an ISO 8601 string")
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _jsonable(value):

@@ -1,0 +1,477 @@
+"""The commands on a store: add, search, get, delete, count, stats, export, import, init, drop.
+
+Each takes ``--db URL`` (default: ``IMAGE_MATCH_DATABASE``, else the embedded SQLite file in the
+user's data directory). Commands that only read or delete do not create a missing SQLite store.
+"""
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+
+import click
+
+from .cli_common import (EXIT_FAILURE, can_ask, database_url, db_option, expand_paths, human_bytes,
+                         is_url, json_line, open_store, output_options, parse_filter,
+                         parse_metadata, progress, usage_error)
+from .errors import ImageLoadError, ImageMatchError, InvalidParameterError
+from .records import content_id, default_id
+
+BATCH_SIZE = 500
+
+
+def store_path(path):
+    """The path a record keeps: absolute for a local file (adding it again from another folder
+    finds the same record), a URL as it is."""
+    return path if is_url(path) else os.path.abspath(path)
+
+
+def _existing_ids(db, ids):
+    """Which of these ids the store holds already, in one round trip."""
+    return set(db.get_many(ids))
+
+
+def add_files(state, db, paths, metadata=None, id_from="path", workers=None, label="adding"):
+    """Sign ``paths`` (stored as given) and add them to ``db`` in batches, with a progress bar.
+
+    Returns ``[(path, id or None, status, error or None)]`` in order; status is ``added``,
+    ``replaced`` (a record with that id existed) or ``failed``.
+    """
+    if workers is None and len(paths) < 32:
+        workers = 1  # a process pool costs more than a few images
+    outcomes, ready, seen = [], [], set()
+
+    def flush():
+        existing = _existing_ids(db, [item["id"] for _, item in ready]) if ready else set()
+        stored = db.add_signatures([item for _, item in ready])
+        for (index, item), result in zip(ready, stored):
+            path = item["path"]
+            if isinstance(result, ImageMatchError):
+                outcomes[index] = (path, None, "failed", str(result))
+            else:
+                replaced = result in existing or result in seen
+                seen.add(result)
+                outcomes[index] = (path, result, "replaced" if replaced else "added", None)
+        ready.clear()
+
+    fetched = {}
+    signer_inputs = (_content_input(path, index, fetched) if id_from == "content" and is_url(path)
+                     else path for index, path in enumerate(paths))
+    with progress(state, len(paths), label) as bar:
+        signatures = db.gis.generate_signatures(signer_inputs, workers=workers)
+        for index, (path, signature) in enumerate(zip(paths, signatures)):
+            outcomes.append(None)
+            bar.update(1)
+            if index in fetched and isinstance(fetched[index], ImageMatchError):
+                signature = fetched.pop(index)
+            if isinstance(signature, ImageMatchError):
+                outcomes[index] = (path, None, "failed", str(signature))
+                continue
+            try:
+                record_id = _record_id(path, id_from, fetched.pop(index, None))
+            except ImageMatchError as error:
+                outcomes[index] = (path, None, "failed", str(error))
+                continue
+            ready.append((index, {"path": path, "signature": signature, "metadata": metadata,
+                                  "id": record_id}))
+            if len(ready) >= BATCH_SIZE:
+                flush()
+        flush()
+    db.refresh()
+    return outcomes
+
+
+def _content_input(url, index, fetched):
+    """A URL's bytes, fetched once for both its signature and its content id."""
+    from .fetching import fetch
+
+    try:
+        data = fetch(url).content
+    except ImageMatchError as error:
+        fetched[index] = error
+        return b""
+    fetched[index] = data
+    return data
+
+
+def _record_id(path, id_from, data=None):
+    if id_from == "path":
+        return default_id(path)
+    if data is None:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as error:
+            raise ImageLoadError(path, f"cannot read: {error.strerror or error}") from None
+    return content_id(data)
+
+
+# --- add ----------------------------------------------------------------------------------------
+
+@click.command(short_help="Sign images and add them to the store.")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("-m", "--metadata", multiple=True, metavar="KEY=VALUE",
+              help="Metadata for every record (repeatable). VALUE is read as JSON when it is a "
+                   "number, true/false or a quoted string, else as text; dotted keys nest.")
+@click.option("--id-from", type=click.Choice(["path", "content"]), default="path", show_default=True,
+              help="A record's id: a hash of its absolute path (adding a file again replaces it) "
+                   "or of its bytes (one record per distinct file, whatever its name).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Processes signing images (default: every core).")
+@db_option
+@output_options
+@click.pass_obj
+def add(state, paths, metadata, id_from, workers, db_url, as_json):
+    """Sign images and add them to the store.
+
+    PATH is an image file, a folder (its image files, recursively; hidden ones are skipped), a
+    glob ('photos/**/*.jpg') or an http(s) URL. Local paths are stored absolute.
+
+    Prints a summary of the records added, replaced (a record with the same id existed) and
+    failed, with the reasons; with --json one object per image and the totals last. Exits 1 when
+    any image failed (the others are stored).
+    """
+    metadata = parse_metadata(metadata)
+    db = open_store(db_url, create=True)
+    found, missing = expand_paths(paths)
+    outcomes = [(argument, None, "failed", f"{argument}: {reason}") for argument, reason in missing]
+    outcomes += add_files(state, db, [store_path(path) for path, _ in found], metadata, id_from,
+                          workers)
+    totals = {status: sum(1 for outcome in outcomes if outcome[2] == status)
+              for status in ("added", "replaced", "failed")}
+    if as_json:
+        for path, record_id, status, error in outcomes:
+            json_line({"path": path, "id": record_id, "status": status,
+                       **({"error": error} if error else {})})
+        json_line(totals)
+    else:
+        if state.verbose:
+            for path, record_id, status, _ in outcomes:
+                if status != "failed":
+                    click.echo(f"{status}\t{record_id}\t{path}")
+        for _, _, status, error in outcomes:
+            if status == "failed":
+                click.echo(f"failed: {error}", err=True)
+        if not found and not missing:
+            state.info(f"no image files in {', '.join(paths)}")
+        click.echo(f"added {totals['added']}, replaced {totals['replaced']}, failed "
+                   f"{totals['failed']} ({db.location})")
+    if totals["failed"]:
+        sys.exit(EXIT_FAILURE)
+
+
+# --- search -------------------------------------------------------------------------------------
+
+@click.command(short_help="Find the stored copies of images.")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True,
+              help="At most this many matches per image.")
+@click.option("--cutoff", type=click.FloatRange(0, 1), default=None,
+              help="Matches are closer than this (default: the store's, 0.45).")
+@click.option("--all-orientations", is_flag=True,
+              help="Also find flipped and rotated copies.")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only records whose metadata KEY has this value (repeatable; the same KEY twice "
+                   "accepts either value). VALUE is read as --metadata reads it.")
+@db_option
+@output_options
+@click.pass_obj
+def search(state, images, top, cutoff, all_orientations, filters, db_url, as_json):
+    """The stored copies of each IMAGE (a path or an http(s) URL), closest first.
+
+    Prints a table, or with --json one object per image: {"image", "matches": [{"id", "path",
+    "dist", "score", "metadata"}]} or {"image", "error"}. Exits 1 when an image could not be read
+    (the others are still searched); finding nothing is not an error.
+    """
+    pre_filter = parse_filter(filters)
+    db = open_store(db_url)
+    results = db.search_images(images, all_orientations=all_orientations, pre_filter=pre_filter,
+                               size=max(db.size, top), distance_cutoff=cutoff)
+    failed = 0
+    for image, matches in zip(images, results):
+        if isinstance(matches, ImageMatchError):
+            failed += 1
+            if as_json:
+                json_line({"image": image, "error": str(matches)})
+            else:
+                click.echo(f"error: {matches}", err=True)
+            continue
+        matches = matches[:top]
+        if as_json:
+            json_line({"image": image, "matches": matches})
+            continue
+        count = len(matches)
+        click.echo(f"{image}: " + (f"{count} match{'es' if count > 1 else ''}" if count else "no match"))
+        for match in matches:
+            extra = f"  {json.dumps(match['metadata'])}" if match["metadata"] else ""
+            ident = f"  {match['id']}" if state.verbose else ""
+            click.echo(f"  {match['dist']:.4f}  {match['path']}{ident}{extra}")
+    if failed:
+        sys.exit(EXIT_FAILURE)
+
+
+# --- get, delete, count, stats ----------------------------------------------------------------------
+
+@click.command(short_help="Print one record.")
+@click.argument("record_id", metavar="ID")
+@click.option("--signature", "show_signature", is_flag=True, help="Print the signature too.")
+@db_option
+@output_options
+@click.pass_obj
+def get(state, record_id, show_signature, db_url, as_json):
+    """Print the record with this ID (--json: id, path, signature, metadata, timestamp).
+
+    Exits 1 when there is none.
+    """
+    record = open_store(db_url).get(record_id)
+    if as_json:
+        json_line(record)
+        return
+    for key in ("id", "path", "timestamp"):
+        click.echo(f"{key:<10} {record[key]}")
+    click.echo(f"{'metadata':<10} {json.dumps(record['metadata'])}")
+    if show_signature:
+        click.echo(f"{'signature':<10} {' '.join(map(str, record['signature']))}")
+
+
+@click.command(short_help="Delete records (by id or path).")
+@click.option("--id", "ids", multiple=True, metavar="ID", help="Delete the record with this id (repeatable).")
+@click.option("--path", "paths", multiple=True, metavar="PATH",
+              help="Delete the records of this path or URL (repeatable); a relative path is also "
+                   "looked up absolute, as add stores it.")
+@db_option
+@output_options
+@click.pass_obj
+def delete(state, ids, paths, db_url, as_json):
+    """Delete records from the store (never files).
+
+    Exits 1 when an id or path given has no record (the others are deleted).
+    """
+    if not ids and not paths:
+        usage_error("delete needs --id ID or --path PATH")
+    db = open_store(db_url)
+    deleted, not_found = 0, []
+    for record_id in ids:
+        if db.delete(record_id):
+            deleted += 1
+        else:
+            not_found.append(record_id)
+    for path in paths:
+        count = db.delete_path(path)
+        if not count and not is_url(path) and os.path.abspath(path) != path:
+            count = db.delete_path(os.path.abspath(path))
+        deleted += count
+        if not count:
+            not_found.append(path)
+    if as_json:
+        json_line({"deleted": deleted, "not_found": not_found})
+    else:
+        for missing in not_found:
+            click.echo(f"error: {db.location}: no record with id or path {missing!r}", err=True)
+        click.echo(f"deleted {deleted} record{'s' if deleted != 1 else ''}")
+    if not_found:
+        sys.exit(EXIT_FAILURE)
+
+
+@click.command(short_help="Print the number of records.")
+@db_option
+@output_options
+def count(db_url, as_json):
+    """Print how many records the store holds (--json: {"count": N})."""
+    number = open_store(db_url).count()
+    if as_json:
+        json_line({"count": number})
+    else:
+        click.echo(number)
+
+
+@click.command(short_help="Print the store's engine, records and size.")
+@db_option
+@output_options
+def stats(db_url, as_json):
+    """Print the store's engine, location, records and size on disk.
+
+    --json: {"engine", "location", "records", "bytes"} (bytes null when the engine does not say;
+    the OpenSearch/Elasticsearch store adds "layout").
+    """
+    description = open_store(db_url).describe()
+    if as_json:
+        json_line(description)
+        return
+    for key, value in description.items():
+        if key == "bytes":
+            key, value = "size", "-" if value is None else f"{human_bytes(value)} ({value} bytes)"
+        click.echo(f"{key:<9} {value}")
+
+
+# --- export, import -------------------------------------------------------------------------------
+
+@click.command("export", short_help="Write every record as JSON lines.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default="-",
+              show_default=True, help="The file to write ('-': standard output).")
+@db_option
+@output_options
+@click.pass_obj
+def export_records(state, output, db_url, as_json):
+    """Write every record as JSON lines: {"id", "path", "signature", "metadata", "timestamp"}.
+
+    For backups and for moving a store to another engine (image-match import). A file is written
+    whole or not at all.
+    """
+    db = open_store(db_url)
+    total = db.count()
+    written = 0
+    to_file = output != "-"
+    target = output + ".partial" if to_file else None
+    stream = open(target, "w", encoding="utf-8") if to_file else sys.stdout
+    try:
+        with progress(state, total, "exporting") as bar:
+            for record in db.iter_records():
+                stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+                written += 1
+                bar.update(1)
+        if to_file:
+            stream.close()
+            os.replace(target, output)
+    finally:
+        if to_file and not stream.closed:
+            stream.close()
+            os.remove(target)
+    if to_file and as_json:
+        json_line({"exported": written, "output": output})
+    elif to_file:
+        state.info(f"exported {written} records from {db.location} to {output}")
+
+
+@click.command("import", short_help="Add records from JSON lines (export's).")
+@click.argument("source", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+                metavar="[FILE]")
+@click.option("--batch-size", type=click.IntRange(1), default=BATCH_SIZE, show_default=True,
+              help="Records per request to the store.")
+@db_option
+@output_options
+@click.pass_obj
+def import_records(state, source, batch_size, db_url, as_json):
+    """Add the records of a JSON lines FILE (standard input by default), as export writes them.
+
+    Signatures are stored as they are (no image is read), so the target store must be built
+    with the same signature variant as the source. A record whose id exists replaces it. Bad
+    lines are reported with their line numbers and the others imported; exits 1 if any failed.
+    """
+    stream = sys.stdin if source == "-" else open(source, encoding="utf-8")
+    try:
+        db = open_store(db_url, create=True)
+    except BaseException:
+        if stream is not sys.stdin:
+            stream.close()
+        raise
+    size = None if source == "-" else os.fstat(stream.fileno()).st_size
+    imported, failures, batch = 0, [], []
+
+    def flush():
+        nonlocal imported
+        for (line_number, _), result in zip(batch, db.add_signatures([item for _, item in batch])):
+            if isinstance(result, ImageMatchError):
+                failures.append((line_number, str(result)))
+            else:
+                imported += 1
+        batch.clear()
+
+    try:
+        with progress(state, size, "importing") as bar:
+            for line_number, line in enumerate(stream, 1):
+                bar.update(len(line.encode("utf-8")))
+                if not line.strip():
+                    continue
+                try:
+                    batch.append((line_number, _import_item(line)))
+                except InvalidParameterError as error:
+                    failures.append((line_number, str(error)))
+                    continue
+                if len(batch) >= batch_size:
+                    flush()
+            flush()
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    db.refresh()
+    name = "standard input" if source == "-" else source
+    if as_json:
+        json_line({"imported": imported, "failed": len(failures),
+                   "errors": [{"line": n, "error": e} for n, e in failures]})
+    else:
+        for line_number, error in failures:
+            click.echo(f"failed: {name}, line {line_number}: {error}", err=True)
+        click.echo(f"imported {imported}, failed {len(failures)} ({db.location})")
+    if failures:
+        sys.exit(EXIT_FAILURE)
+
+
+def _import_item(line):
+    try:
+        record = json.loads(line)
+    except ValueError as error:
+        raise InvalidParameterError(f"not JSON ({error})") from None
+    if not isinstance(record, dict) or "path" not in record or "signature" not in record:
+        raise InvalidParameterError("not a record (needs path and signature)")
+    signature = record["signature"]
+    if not isinstance(signature, list) or not all(type(v) is int and -2 <= v <= 2 for v in signature):
+        raise InvalidParameterError(f"{record['path']}: signature must be a list of integers -2..2")
+    item = {key: record.get(key) for key in ("id", "path", "signature", "metadata")}
+    timestamp = record.get("timestamp")
+    if timestamp is not None:
+        try:
+            moment = datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+            item["timestamp"] = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise InvalidParameterError(
+                f"{record['path']}: timestamp {timestamp!r} is not ISO 8601") from None
+    return item
+
+
+# --- init, drop ---------------------------------------------------------------------------------
+
+@click.command(short_help="Create the store.")
+@click.option("--variant", type=click.Choice(["1.x", "paper"]), default=None,
+              help="The signature variant of a new store (default 1.x); an existing store keeps its own.")
+@db_option
+@output_options
+def init(variant, db_url, as_json):
+    """Create the store if it does not exist, and say what it holds."""
+    db = open_store(db_url, create=True, **({"variant": variant} if variant else {}))
+    description = db.describe()
+    variant = db.gis.parameters()["variant"]
+    if as_json:
+        json_line({**description, "variant": variant})
+    else:
+        click.echo(f"ready: {description['location']} ({description['engine']}, variant {variant}, "
+                   f"{description['records']} records)")
+
+
+@click.command(short_help="Delete the store and all its records.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+@output_options
+@click.pass_obj
+def drop(state, yes, db_url, as_json):
+    """Delete the store and every record in it (image files are not touched).
+
+    Asks for confirmation on a terminal; without one, needs --yes (else exits 2).
+    """
+    url = database_url(db_url)
+    if not yes and not can_ask():
+        usage_error(f"drop deletes every record of {url}: confirm with --yes")
+    db = open_store(db_url)
+    records = db.count()
+    if not yes and not click.confirm(f"Drop {db.location} and its {records} records?", default=False,
+                                     err=True):
+        click.echo("nothing dropped", err=True)
+        sys.exit(EXIT_FAILURE)
+    db.drop()
+    if as_json:
+        json_line({"dropped": db.location, "records": records})
+    else:
+        click.echo(f"dropped {db.location} ({records} records)")
+
+
+COMMANDS = (add, search, get, delete, count, stats, export_records, import_records, init, drop)

@@ -1,0 +1,121 @@
+"""The command line on a real OpenSearch node: migrating a store SQLite -> OpenSearch -> SQLite with
+export/import, the store commands against the engine, and `engine start|status|stop`."""
+
+import json
+import os
+import uuid
+from datetime import datetime
+
+import pytest
+from click.testing import CliRunner
+
+from image_match.cli import main
+from image_match.drivers import open_database
+
+from conftest import photos
+
+pytestmark = pytest.mark.engine
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def lines(result):
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.fixture
+def index_url(opensearch_url):
+    pytest.importorskip("opensearchpy")
+    url = f"{opensearch_url}/cli-{uuid.uuid4().hex[:12]}"
+    yield url
+    run("drop", "--yes", "--db", url)
+
+
+def _same_records(a, b):
+    assert a.keys() == b.keys()
+    for record_id, record in a.items():
+        other = b[record_id]
+        assert {k: record[k] for k in ("id", "path", "signature", "metadata")} == \
+            {k: other[k] for k in ("id", "path", "signature", "metadata")}
+        # The engine keeps timestamps to the millisecond.
+        delta = datetime.fromisoformat(record["timestamp"]) - datetime.fromisoformat(other["timestamp"])
+        assert abs(delta.total_seconds()) < 0.001
+
+
+def test_migrate_sqlite_to_opensearch_and_back(index_url, tmp_path):
+    sqlite_url = f"sqlite:///{tmp_path / 'store.db'}"
+    assert run("add", "--db", sqlite_url, "-m", "source=tests", *photos()).exit_code == 0
+    dump = tmp_path / "dump.jsonl"
+    assert run("export", "--db", sqlite_url, "-o", dump).exit_code == 0
+
+    imported = run("import", "--db", index_url, dump)
+    assert imported.exit_code == 0, imported.output
+    assert imported.stdout.strip() == f"imported {len(photos())}, failed 0 ({index_url})"
+    assert run("count", "--db", index_url).stdout.strip() == str(len(photos()))
+    source = {r["id"]: r for r in open_database(sqlite_url).iter_records()}
+    _same_records(source, {r["id"]: r for r in open_database(index_url).iter_records()})
+
+    # The engine answers searches as the SQLite store does.
+    query = photos()[3]
+    for url in (sqlite_url, index_url):
+        matches = lines(run("search", "--json", "--db", url, "--filter", "source=tests", query))
+        assert [m["path"] for m in matches[0]["matches"]] == [str(query)]
+
+    # and back: OpenSearch -> SQLite
+    back = tmp_path / "back.jsonl"
+    assert run("export", "--db", index_url, "-o", back).exit_code == 0
+    copy_url = f"sqlite:///{tmp_path / 'copy.db'}"
+    assert run("import", "--db", copy_url, back).exit_code == 0
+    _same_records(source, {r["id"]: r for r in open_database(copy_url).iter_records()})
+
+
+def test_store_commands_on_the_engine(index_url, tmp_path):
+    from PIL import Image
+
+    photo = photos()[0]
+    copy = tmp_path / "copy.jpg"
+    with Image.open(photo) as image:
+        image.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(copy, quality=80)
+    created = run("init", "--json", "--db", index_url)
+    assert created.exit_code == 0 and lines(created)[0]["engine"].startswith("OpenSearch")
+    added = run("add", "--json", "--db", index_url, photo, copy, photos()[1])
+    assert lines(added)[-1] == {"added": 3, "replaced": 0, "failed": 0}
+    again = run("add", "--json", "--db", index_url, photo)
+    assert lines(again)[-1] == {"added": 0, "replaced": 1, "failed": 0}
+    stats = lines(run("stats", "--json", "--db", index_url))[0]
+    assert stats["records"] == 3 and stats["location"].endswith(index_url.rsplit("/", 1)[1])
+
+    groups = lines(run("dedupe", "--json", "--all-orientations", "--db", index_url))
+    assert [sorted(m["path"] for m in g["members"]) for g in groups] == [sorted([str(photo), str(copy)])]
+    assert lines(run("dedupe", "--json", "--db", index_url)) == []  # flips need --all-orientations
+
+    record_id = groups[0]["members"][1]["id"]
+    assert lines(run("get", "--json", "--db", index_url, record_id))[0]["id"] == record_id
+    assert run("delete", "--db", index_url, "--id", record_id).stdout.strip() == "deleted 1 record"
+    missing = run("get", "--db", index_url, record_id)
+    assert missing.exit_code == 1 and missing.stderr.startswith("error: ")
+    dropped = run("drop", "--yes", "--db", index_url)
+    assert dropped.exit_code == 0 and dropped.stdout.startswith("dropped ")
+
+
+def test_engine_start_status_stop(tmp_path, opensearch_url):
+    data = tmp_path / "node"
+    started = run("engine", "start", "--json", "--data-dir", data)
+    if started.exit_code != 0 and not os.environ.get("IMAGE_MATCH_TEST_REQUIRE_ENGINES"):
+        pytest.skip(f"cannot start a second node here: {started.stderr.strip()}")
+    assert started.exit_code == 0, started.output
+    try:
+        state = lines(started)[0]
+        assert state["running"] and state["kind"] == "opensearch"
+        assert state["url"].startswith("http://127.0.0.1:")
+        status = lines(run("engine", "status", "--json", "--data-dir", data))[0]
+        assert status["running"] and status["engines"][0]["health"] in ("green", "yellow")
+        assert run("count", "--db", state["url"] + "/images").stdout.strip() == "0"
+        again = run("engine", "start", "--data-dir", data)
+        assert again.exit_code == 1 and "already running" in again.stderr
+    finally:
+        stopped = run("engine", "stop", "--data-dir", data)
+    assert stopped.exit_code == 0 and stopped.stdout.startswith("stopped opensearch")
+    assert run("engine", "status", "--data-dir", data).stdout.strip() == "no engine running"
