@@ -1,0 +1,807 @@
+"""How well each method tells copies of a picture from other pictures: transforms x methods.
+
+    python benchmarks/accuracy.py [--corpus DIR] [--limit N] [--methods a,b] [--transforms a,b]
+                                  [--seed 0] [--jobs N] [--search [METHODS]] [--output FILE]
+
+In the manner of thorn's perception benchmarks. Every original of the corpus gets one copy per
+transformation of ``benchmarks/transforms.py`` (seeded; cached as files under
+``~/.cache/image-match-bench/accuracy/``, keyed by the seed, the corpus and the transforms' code).
+Every method signs every original and every copy, from the same files, in the same run. Then:
+
+- positives: the distance between each original and each of its copies (one per original and
+  transformation);
+- negatives: the distance between every original and every file made from another original: the
+  other originals and all their copies, under every transformation (about 1.9 million pairs for
+  244 originals and 31 transformations). The copy of A inset on B's photo is not a negative of B.
+  A pair is (stored original, query file): the query is signed, the original stored, as a store
+  would; for "+o" methods the query counts by the nearest of its 8 orientations.
+
+Metrics:
+
+- recall at pair FPR 1e-3 and 1e-5: one threshold per method, the distance below which that share
+  of all the method's negatives would match (counting ties against the method), and the share of
+  each transformation's positives below it. The 1e-5 threshold rests on the 1e-5 x (negatives)
+  closest negatives (the summary gives the count); fewer than 1 is printed "n/r" (not resolvable).
+- FPR at the cutoffs 0.45 (image-match 1.x's default) and 0.40 (ours): the share of negatives
+  below them, per transformation of the query and pooled; with recall at those cutoffs. Goldberg
+  methods only: a hash's Hamming fraction has no such cutoff.
+- AUC: the probability that a copy is nearer its original than a random negative pair is (ties
+  count half), per transformation against all negatives.
+- ``--search``: the real search path: the originals not held out (80%, seeded) are added to a
+  SQLite store (``image_match.drivers.open_database``), every copy is searched with
+  ``search_image`` at the store's cutoff; top-1 is the share of copies of stored originals whose
+  first result is their original, false alarms the share of copies of held-out originals that
+  return anything.
+
+Methods (columns):
+
+- ``1.x``, ``paper``: ``ImageSignature(variant=...)`` with the draft decode (the default);
+  ``-full``: ``draft=False`` (``1.x-full`` is image-match 1.1.2's signature bit for bit);
+  ``+o``: all_orientations, the minimum distance over the query's ``orientation_signatures``
+  (for ``paper`` its ``signature_variants``, which are the same arrays; the run checks this on
+  every 8th original and prints how many differ);
+- ``im-1.1.2``: image-match 1.1.2 itself, on the same files;
+- ``phash``, ``dhash``: imagehash's 64-bit hashes; ``pdq``: pdqhash's 256 bits; ``pdq+o``: the
+  nearest of the query's 8 dihedral PDQ hashes. A hash's distance is Hamming / bits.
+
+Reading the tables: rows are the transformation of the query (the summary has a row per method);
+"mean" is the unweighted mean over transformations. Recall is in percent, FPR a fraction ("0":
+no negative pair passed; the summary's negatives count says how small a fraction could show).
+"""
+
+import argparse
+import hashlib
+import importlib
+import io
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+from common import (CACHE, corpus_paths, load_image_match_1x,  # noqa: E402
+                    machine_line, optional_import, print_table)
+from image_match.goldberg import (ImageSignature, normalized_distance,  # noqa: E402
+                                  signature_variants)
+from transforms import TRANSFORMS, encode  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FPRS = (1e-3, 1e-5)
+CUTOFFS = (0.45, 0.40)
+HELD_OUT = 0.2  # share of originals kept out of the store in --search
+CHECK_EVERY = 8  # originals whose orientation shortcuts are checked: every 8th
+DEFAULT_SEARCH = "1.x,1.x+o,paper,paper+o"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A column: the feature it compares and how.
+
+    ``feature`` names what is computed per file (see ``compute_features``); ``orientations``:
+    the query counts by its nearest orientation; ``goldberg``: the distance is the normalized
+    distance (else the Hamming fraction of a hash).
+    """
+
+    name: str
+    feature: str
+    orientations: bool = False
+    goldberg: bool = True
+
+
+METHODS = {m.name: m for m in (
+    Method("1.x", "1.x draft"),
+    Method("1.x+o", "1.x draft", orientations=True),
+    Method("1.x-full", "1.x full"),
+    Method("1.x-full+o", "1.x full", orientations=True),
+    Method("paper", "paper draft"),
+    Method("paper+o", "paper draft", orientations=True),
+    Method("paper-full", "paper full"),
+    Method("paper-full+o", "paper full", orientations=True),
+    Method("im-1.1.2", "im-1.1.2"),
+    Method("phash", "phash", goldberg=False),
+    Method("dhash", "dhash", goldberg=False),
+    Method("pdq", "pdq", goldberg=False),
+    Method("pdq+o", "pdq", orientations=True, goldberg=False),
+)}
+
+
+# --- the files: originals and their cached copies --------------------------------------------
+
+def copy_seed(seed, transform, stem):
+    """The seed of one copy: independent of which other originals or transforms run."""
+    return [seed, zlib.crc32(transform.encode()), zlib.crc32(stem.encode())]
+
+
+def background_for(path, all_paths, seed):
+    """The unrelated corpus photo that ``path``'s inset copy is composed onto."""
+    others = [p for p in all_paths if p != path]
+    rng = np.random.default_rng([seed, zlib.crc32(path.stem.encode())])
+    return others[int(rng.integers(len(others)))]
+
+
+def cache_folder(folder, seed):
+    """Where the copies live: keyed by the corpus, the seed and the transforms' source code."""
+    key = hashlib.sha1(str(folder.resolve()).encode())
+    key.update(Path(__file__).with_name("transforms.py").read_bytes())
+    return CACHE / "accuracy" / f"seed-{seed}-{key.hexdigest()[:10]}"
+
+
+def _slug(name):
+    return "".join(c if c.isalnum() or c in ".+-" else "_" for c in name)
+
+
+def _open_upright(path):
+    with Image.open(path) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def make_copies(task):
+    """The copies of one original (``(path, background, names, seed, folder)``), made if not
+    cached; returns ``{transform name: file}``."""
+    path, background, names, seed, folder = task
+    files, image, backdrop = {}, None, None
+    for name in names:
+        target = folder / _slug(name)
+        cached = [f for f in (target / (path.stem + s) for s in (".jpg", ".png")) if f.exists()]
+        if cached:
+            files[name] = cached[0]
+            continue
+        if image is None:
+            image = _open_upright(path)
+        transform = TRANSFORMS[name]
+        if transform.needs_background and backdrop is None:
+            backdrop = _open_upright(background)
+        data, suffix = encode(transform(image, copy_seed(seed, name, path.stem), backdrop))
+        target.mkdir(parents=True, exist_ok=True)
+        files[name] = target / (path.stem + suffix)
+        partial = files[name].with_suffix(suffix + f".{os.getpid()}.part")
+        partial.write_bytes(data)
+        os.replace(partial, files[name])
+    return files
+
+
+# --- features: what each method computes from a file -------------------------------------------
+
+_feature_state = {}
+
+
+def _init_features(features):
+    """Per worker process: the generators the requested features need."""
+    _feature_state["features"] = features
+    for draft in (True, False):
+        for variant in ("1.x", "paper"):
+            _feature_state[(variant, draft)] = ImageSignature(variant=variant, draft=draft)
+    if "im-1.1.2" in features:
+        _feature_state["im-1.1.2"] = load_image_match_1x().ImageSignature()
+    _feature_state["imagehash"] = optional_import("imagehash")
+    _feature_state["pdqhash"] = optional_import("pdqhash")
+
+
+def compute_features(task):
+    """``(features, errors, mismatches)`` of one file (``(path, check)``).
+
+    features: {feature: array}; the Goldberg ones and pdq are (8, bits) (orientations, the
+    identity first), the others (bits,). errors: {feature: message}.
+
+    Two shortcuts, checked on the files with ``check`` set (a sample of originals): the full-decode
+    features of both variants are signed from one decode (the grey array, which signs as the file
+    does), and the paper variant's orientations are its ``signature_variants``. mismatches: the
+    features where a check found a difference with ``orientation_signatures(path)``.
+    """
+    path, check = task
+    wanted = _feature_state["features"]
+    features, errors, mismatches = {}, {}, []
+    for draft, mode in ((True, "draft"), (False, "full")):
+        variants = [v for v in ("1.x", "paper") if f"{v} {mode}" in wanted]
+        if not variants:
+            continue
+        try:
+            image = path if draft else _feature_state[("1.x", False)].decode(path)[0]
+        except Exception as error:  # noqa: BLE001 - a method failing on a file is a result
+            errors.update({f"{v} {mode}": f"{type(error).__name__}: {error}" for v in variants})
+            continue
+        for variant in variants:
+            feature, generator = f"{variant} {mode}", _feature_state[(variant, draft)]
+            try:
+                if variant == "1.x":
+                    features[feature] = generator.orientation_signatures(image)
+                else:
+                    features[feature] = signature_variants(generator.generate_signature(image))
+                if check and (variant == "paper" or not draft) and not np.array_equal(
+                        features[feature], generator.orientation_signatures(path)):
+                    mismatches.append(feature)
+            except Exception as error:  # noqa: BLE001
+                errors[feature] = f"{type(error).__name__}: {error}"
+    if "im-1.1.2" in wanted:
+        try:
+            features["im-1.1.2"] = _feature_state["im-1.1.2"].generate_signature(str(path))
+        except Exception as error:  # noqa: BLE001
+            errors["im-1.1.2"] = f"{type(error).__name__}: {error}"
+    hashes = [f for f in ("phash", "dhash", "pdq") if f in wanted]
+    if hashes:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                grey = image.convert("L")  # imagehash's first step, done once for both hashes
+                for feature in hashes:
+                    features[feature] = _hash(feature, image, grey)
+        except Exception as error:  # noqa: BLE001
+            for feature in hashes:
+                errors.setdefault(feature, f"{type(error).__name__}: {error}")
+    return features, errors, mismatches
+
+
+def _hash(feature, image, grey):
+    if feature == "pdq":
+        hashes, _ = _feature_state["pdqhash"].compute_dihedral(np.asarray(image.convert("RGB")))
+        return np.asarray(hashes, dtype=bool)
+    return getattr(_feature_state["imagehash"], feature)(grey).hash.ravel()
+
+
+# --- distances ---------------------------------------------------------------------------------
+
+def goldberg_distances(stored, queries):
+    """``normalized_distance`` between every stored signature and every query, by one matrix
+    product per orientation.
+
+    Parameters
+    ----------
+    stored : (S, L) int array
+    queries : (Q, L) or (Q, O, L) int array
+        With O orientations per query, the distance is the nearest orientation's.
+
+    Returns
+    -------
+    (S, Q) float64 ndarray: exactly ``normalized_distance`` (integer sums are exact in float64),
+    1.0 where either signature is featureless.
+    """
+    stored = stored.astype(np.float64)
+    queries = queries.astype(np.float64)
+    if queries.ndim == 2:
+        queries = queries[:, None]
+    stored_squares = np.einsum("ij,ij->i", stored, stored)
+    stored_norms = np.sqrt(stored_squares)
+    best = np.full((stored.shape[0], queries.shape[0]), np.inf)
+    for orientation in range(queries.shape[1]):
+        query = queries[:, orientation]
+        query_squares = np.einsum("ij,ij->i", query, query)
+        squares = stored_squares[:, None] + query_squares[None, :] - 2.0 * (stored @ query.T)
+        norms = stored_norms[:, None] + np.sqrt(query_squares)[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            distances = np.sqrt(np.maximum(squares, 0.0)) / norms
+        featureless = (stored_squares[:, None] == 0) | (query_squares[None, :] == 0)
+        np.minimum(best, np.where(featureless, 1.0, distances), out=best)
+    return best
+
+
+def hamming_distances(stored, queries):
+    """Hamming distance / bits between every stored hash and every query (nearest orientation
+    when ``queries`` is (Q, O, bits)); shapes as ``goldberg_distances``."""
+    stored = np.where(stored, 1.0, -1.0)
+    queries = np.where(queries, 1.0, -1.0)
+    if queries.ndim == 2:
+        queries = queries[:, None]
+    bits = stored.shape[1]
+    best = np.full((stored.shape[0], queries.shape[0]), np.inf)
+    for orientation in range(queries.shape[1]):
+        agreement = stored @ queries[:, orientation].T
+        np.minimum(best, (bits - agreement) / (2.0 * bits), out=best)
+    return best
+
+
+def method_distances(method, table, originals, failed):
+    """(originals, files) distances of ``method`` from the per-file features ``table``
+    (``failed`` files, which the method could not read, are at distance 1.0 from everything)."""
+    values = table[method.feature]
+    stored = values[originals]
+    if stored.ndim == 3:
+        stored = stored[:, 0]
+    queries = values if method.orientations or values.ndim == 2 else values[:, 0]
+    compare = goldberg_distances if method.goldberg else hamming_distances
+    distances = compare(stored, queries)
+    distances[:, failed] = 1.0
+    distances[failed[originals], :] = 1.0
+    return distances
+
+
+def check_distances(method, table, distances, originals, rng):
+    """Spot-check the matrix against ``image_match.goldberg.normalized_distance``."""
+    values = table[method.feature]
+    for _ in range(50):
+        i, q = int(rng.integers(len(originals))), int(rng.integers(values.shape[0]))
+        stored = values[originals[i]]
+        stored = stored[0] if stored.ndim == 2 else stored
+        query = values[q]
+        if query.ndim == 2 and not method.orientations:
+            query = query[0]
+        expected = np.min(normalized_distance(np.atleast_2d(query), stored))
+        if distances[i, q] != 1.0 and distances[i, q] != expected:
+            raise AssertionError(f"{method.name}: distance {distances[i, q]} != {expected}")
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def threshold_at(sorted_negatives, fpr):
+    """The distance below which at most ``fpr`` of the negatives lie, or None when the
+    negatives are too few to resolve ``fpr``."""
+    count = sorted_negatives.size
+    if count * fpr < 1:
+        return None
+    return float(sorted_negatives[int(np.floor(fpr * count))])
+
+
+def auc(positives, sorted_negatives):
+    """P(negative distance > positive distance) + P(equal) / 2."""
+    below = np.searchsorted(sorted_negatives, positives, side="left")
+    not_above = np.searchsorted(sorted_negatives, positives, side="right")
+    greater = sorted_negatives.size - not_above
+    return float(np.mean((greater + 0.5 * (not_above - below)) / sorted_negatives.size))
+
+
+def original_pairs_below(distances, negative, owner, limit):
+    """How many pairs of different originals some negative below ``limit`` comes from: the
+    negatives of one pair of look-alike pictures (and their copies) are not independent."""
+    if limit is None:
+        return None
+    stored, query = np.nonzero(negative & (distances < limit))
+    pairs = np.sort(np.stack([stored, owner[query]]), axis=0)
+    return int(np.unique(pairs, axis=1).shape[1])
+
+
+def evaluate(distances, owner, kind, excluded, names):
+    """The metrics of one method.
+
+    Parameters
+    ----------
+    distances : (S, F) ndarray
+        Stored original x query file.
+    owner : (F,) int
+        The original each file was made from.
+    kind : (F,) int
+        The transformation of each file (index into ``names``), -1 for the originals.
+    excluded : (F,) int
+        An original each file must not count as a negative of (the inset's background), or -1.
+
+    Returns
+    -------
+    dict
+        "negatives" (count), "thresholds" {fpr: distance or None}, "pairs" {fpr or cutoff:
+        ``original_pairs_below`` the threshold or cutoff}, and per transformation name
+        "recall_fpr" {fpr}, "recall_cutoff" {cutoff}, "fpr_cutoff" {cutoff}, "auc"; "fpr_cutoff"
+        also for "originals" (original x original) and "all".
+    """
+    rows = np.arange(distances.shape[0])[:, None]
+    negative = (owner[None, :] != rows) & (excluded[None, :] != rows)
+    negatives = np.sort(distances[negative])
+    thresholds = {fpr: threshold_at(negatives, fpr) for fpr in FPRS}
+    result = {"negatives": negatives.size, "thresholds": thresholds,
+              "pairs": {key: original_pairs_below(distances, negative, owner,
+                                                  thresholds[key] if key in FPRS else key)
+                        for key in (*FPRS, *CUTOFFS)},
+              "recall_fpr": {}, "recall_cutoff": {}, "fpr_cutoff": {}, "auc": {}}
+    for index, name in enumerate(names):
+        columns = np.flatnonzero(kind == index)
+        positives = distances[owner[columns], columns]
+        result["recall_fpr"][name] = {
+            fpr: None if threshold is None else float(np.mean(positives < threshold))
+            for fpr, threshold in result["thresholds"].items()}
+        result["recall_cutoff"][name] = {c: float(np.mean(positives < c)) for c in CUTOFFS}
+        own = distances[:, columns][negative[:, columns]]
+        result["fpr_cutoff"][name] = {c: float(np.mean(own < c)) for c in CUTOFFS}
+        result["auc"][name] = auc(positives, negatives)
+    columns = np.flatnonzero(kind == -1)
+    own = distances[:, columns][negative[:, columns]]
+    result["fpr_cutoff"]["originals"] = {c: float(np.mean(own < c)) for c in CUTOFFS}
+    result["fpr_cutoff"]["all"] = {c: float(np.mean(negatives < c)) for c in CUTOFFS}
+    return result
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+def percent(value):
+    if value is None:
+        return "n/r"
+    text = f"{100 * value:.1f}"
+    return "100" if text == "100.0" else text
+
+
+def rate(value):
+    return "0" if value == 0 else f"{value:.1e}"
+
+
+def four_places(value):
+    return f"{value:.4f}"
+
+
+def mean_over(values):
+    """The mean, or None when some value is (not resolvable)."""
+    values = list(values)
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def emit(out, title, headers, rows):
+    """Print a titled table and keep its text in ``out``."""
+    text = f"{title}\n\n" + print_table(headers, rows, file=io.StringIO()) + "\n\n"
+    print(text)
+    out.append(text)
+
+
+def grid(out, title, columns, value, style, rows=(), mean=True):
+    """A transforms x methods table of ``style(value(result, row))``, with a mean row."""
+    body = [[row] + [style(value(columns[m], row)) for m in columns] for row in rows]
+    if mean:
+        body.append(["mean"] + [style(mean_over(value(columns[m], row) for row in rows))
+                                for m in columns])
+    emit(out, title, ["transform"] + list(columns), body)
+
+
+def tables(results, names, methods, out):
+    """Print the summary and the per-transformation tables; their text goes to ``out``."""
+    every = {m.name: results[m.name] for m in methods}
+    goldberg = {m.name: results[m.name] for m in methods if m.goldberg}
+    summary = []
+    for m in methods:
+        r = results[m.name]
+        pairs = r["pairs"]
+        summary.append([
+            m.name, r["negatives"],
+            _with_pairs(_distance(r["thresholds"][1e-3]), pairs[1e-3]),
+            _with_pairs(_distance(r["thresholds"][1e-5]), pairs[1e-5]),
+            percent(mean_over(r["recall_fpr"][n][1e-3] for n in names)),
+            percent(mean_over(r["recall_fpr"][n][1e-5] for n in names)),
+            _with_pairs(rate(r["fpr_cutoff"]["all"][0.45]), pairs[0.45]) if m.goldberg else "-",
+            _with_pairs(rate(r["fpr_cutoff"]["all"][0.40]), pairs[0.40]) if m.goldberg else "-",
+            four_places(mean_over(r["auc"][n] for n in names)),
+        ])
+    emit(out, "Summary: the distance thresholds at pair FPR 1e-3 and 1e-5, mean recall over "
+         "transformations at them, FPR at the cutoffs over all negatives. (n): how many pairs of "
+         "different originals the negatives below that distance come from",
+         ["method", "negatives", "d@1e-3", "d@1e-5", "recall@1e-3", "recall@1e-5",
+          "FPR@0.45", "FPR@0.40", "mean AUC"], summary)
+    for fpr in FPRS:
+        grid(out, f"Recall (%) at pair FPR {fpr:.0e}", every,
+             lambda r, n, fpr=fpr: r["recall_fpr"][n][fpr], percent, names)
+    for cutoff in CUTOFFS:
+        grid(out, f"Recall (%) at the cutoff {cutoff:.2f}", goldberg,
+             lambda r, n, c=cutoff: r["recall_cutoff"][n][c], percent, names)
+    for cutoff in CUTOFFS:
+        grid(out, f"FPR at the cutoff {cutoff:.2f}: queries of each transformation (and the "
+             "originals themselves) against the other originals", goldberg,
+             lambda r, n, c=cutoff: r["fpr_cutoff"][n][c], rate, list(names) + ["originals", "all"],
+             mean=False)
+    grid(out, "ROC AUC: each transformation's positives against all negatives", every,
+         lambda r, n: r["auc"][n], four_places, names)
+
+
+def _with_pairs(text, pairs):
+    return text if pairs is None else f"{text} ({pairs})"
+
+
+def _distance(value):
+    return "n/r" if value is None else f"{value:.3f}"
+
+
+# --- the real search path ----------------------------------------------------------------------
+
+_search_state = {}
+
+
+def _init_search(url, variant, draft, orientations):
+    from image_match.drivers import open_database
+
+    _search_state["store"] = open_database(url, variant=variant, draft=draft)
+    _search_state["orientations"] = orientations
+
+
+def _search_one(path):
+    """``(first result's id or None, number of results)`` for one query file."""
+    try:
+        matches = _search_state["store"].search_image(
+            str(path), all_orientations=_search_state["orientations"])
+    except Exception as error:  # noqa: BLE001
+        return f"error: {type(error).__name__}: {error}", 0
+    return (matches[0]["id"] if matches else None), len(matches)
+
+
+def search_accuracy(methods, originals, copies, names, jobs, seed):
+    """Top-1 and false alarms through ``image_match.drivers.open_database('sqlite:///...')``.
+
+    Parameters
+    ----------
+    methods : list of Method
+        Ours; one store per signature (variant, decode), searched with or without
+        all_orientations as each method says.
+    originals : list of Path
+    copies : list of (path, owner index, transformation index)
+
+    Returns
+    -------
+    dict or None
+        {method name: {"top1": {name: share}, "false_alarms": {name: share}, "seconds"}}, with
+        the "stored" and "held_out" counts and the store's "cutoff"; None when the SQLite store
+        is not available.
+    """
+    try:
+        from image_match.drivers import open_database
+        importlib.import_module("image_match.drivers.sqlite")
+    except ImportError as error:
+        print(f"--search: the SQLite store is not available yet ({error}); skipped",
+              file=sys.stderr)
+        return None
+    held = np.zeros(len(originals), dtype=bool)
+    shuffled = np.random.default_rng(seed).permutation(len(originals))
+    held[shuffled[:round(HELD_OUT * len(originals))]] = True
+    stored = np.flatnonzero(~held)
+    results = {"held_out": int(held.sum()), "stored": int(stored.size)}
+    with tempfile.TemporaryDirectory(prefix="image-match-accuracy-") as folder:
+        record_ids = {}
+        for method in methods:
+            variant, mode = method.feature.split()
+            url = f"sqlite:///{folder}/{variant}-{mode}.db"
+            if url not in record_ids:
+                store = open_database(url, variant=variant, draft=mode == "draft")
+                ids = store.add_images([str(originals[i]) for i in stored], workers=jobs)
+                refused = [i for i in ids if not isinstance(i, str)]
+                if refused:
+                    print(f"--search {method.name}: {len(refused)} originals not stored, e.g. "
+                          f"{refused[0]}", file=sys.stderr)
+                record_ids[url] = dict(zip(stored, ids))
+                results["cutoff"] = store.distance_cutoff
+                getattr(store, "close", lambda: None)()
+            start = time.perf_counter()
+            arguments = (url, variant, mode == "draft", method.orientations)
+            with multiprocessing.get_context().Pool(jobs, _init_search, arguments) as pool:
+                queries = pool.imap(_search_one, [path for path, _, _ in copies], chunksize=16)
+                found = list(progress(queries, len(copies), f"search {method.name}"))
+            errors = [first for first, _ in found if str(first).startswith("error:")]
+            if errors:
+                print(f"--search {method.name}: {len(errors)} queries failed, e.g. {errors[0]}",
+                      file=sys.stderr)
+            hit = np.array([first == record_ids[url].get(owner) for (_, owner, _), (first, _)
+                            in zip(copies, found)])
+            answered = np.array([count > 0 for _, count in found])
+            owners = np.array([owner for _, owner, _ in copies])
+            kinds = np.array([kind for _, _, kind in copies])
+            results[method.name] = {
+                "top1": {name: _share(hit, (kinds == k) & ~held[owners])
+                         for k, name in enumerate(names)},
+                "false_alarms": {name: _share(answered, (kinds == k) & held[owners])
+                                 for k, name in enumerate(names)},
+                "seconds": time.perf_counter() - start}
+    return results
+
+
+def _share(flags, among):
+    return float(flags[among].mean()) if among.any() else None
+
+
+def search_tables(results, names, methods, out):
+    """Print the search-path tables; their text goes to ``out``."""
+    columns = {m.name: results[m.name] for m in methods}
+    grid(out, "Search top-1 (%): copies of stored originals whose first result is their original",
+         columns, lambda r, n: r["top1"][n], percent, names)
+    grid(out, "Search false alarms (%): copies of held-out originals that return any result",
+         columns, lambda r, n: r["false_alarms"][n], percent, names)
+    emit(out, "Search time (s, all copies, on --jobs processes)", ["method", "seconds"],
+         [[name, f"{r['seconds']:.0f}"] for name, r in columns.items()])
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def progress(iterable, total, label):
+    """Yield from ``iterable``, counting on stderr (every 5% on a terminal, else every 25%)."""
+    terminal = sys.stderr.isatty()
+    step = max(1, total // (20 if terminal else 4))
+    start = time.perf_counter()
+    for done, item in enumerate(iterable, 1):
+        if done % step == 0 or done == total:
+            end = "\n" if done == total or not terminal else ""
+            print(f"\r{label}: {done}/{total} ({time.perf_counter() - start:.0f} s)", end=end,
+                  file=sys.stderr, flush=True)
+        yield item
+
+
+def cpu_seconds():
+    """CPU time of this process and of its finished workers."""
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def select(names, wanted, what):
+    """The names ``wanted`` (comma-separated; an item matches the names it starts with)."""
+    if not wanted:
+        return list(names)
+    chosen = []
+    for item in (w.strip() for w in wanted.split(",") if w.strip()):
+        matches = [n for n in names if n == item] or [n for n in names if n.startswith(item)]
+        if not matches:
+            raise SystemExit(f"unknown {what} {item!r}; choose from: {', '.join(names)}")
+        chosen += [m for m in matches if m not in chosen]
+    return [n for n in names if n in chosen]
+
+
+def available_methods(names):
+    """Drop the peers whose library is missing, saying so."""
+    needs = {"im-1.1.2": lambda: load_image_match_1x() is not None,
+             "phash": lambda: optional_import("imagehash") is not None,
+             "dhash": lambda: optional_import("imagehash") is not None,
+             "pdq": lambda: optional_import("pdqhash") is not None,
+             "pdq+o": lambda: optional_import("pdqhash") is not None}
+    kept = []
+    for name in names:
+        if name in needs and not needs[name]():
+            print(f"{name}: not installed, skipped", file=sys.stderr)
+            continue
+        kept.append(name)
+    return kept
+
+
+@dataclass
+class Files:
+    """The files every method signs: the originals first, then their copies.
+
+    ``owner[f]``: the original file ``f`` was made from; ``kind[f]``: its transformation (index
+    into the run's names), -1 for an original; ``excluded[f]``: an original ``f`` is not a
+    negative of (the inset's background), -1 for none.
+    """
+
+    paths: list
+    owner: np.ndarray
+    kind: np.ndarray
+    excluded: np.ndarray
+    count_originals: int
+
+    @property
+    def copies(self):
+        """``(path, owner, kind)`` of every copy."""
+        return [(p, int(o), int(k)) for p, o, k in zip(self.paths, self.owner, self.kind) if k >= 0]
+
+
+def prepare_files(originals, all_paths, names, seed, cache, pool):
+    """Make (or find cached) every copy; return the run's ``Files``."""
+    tasks = [(p, background_for(p, all_paths, seed), names, seed, cache) for p in originals]
+    made = list(progress(pool.imap(make_copies, tasks), len(tasks), "copies"))
+    index_of = {p: i for i, p in enumerate(originals)}
+    paths, owner = list(originals), list(range(len(originals)))
+    kind, excluded = [-1] * len(originals), [-1] * len(originals)
+    for i, ((_, background, *_), copy_files) in enumerate(zip(tasks, made)):
+        for t, name in enumerate(names):
+            paths.append(copy_files[name])
+            owner.append(i)
+            kind.append(t)
+            excluded.append(index_of.get(background, -1) if TRANSFORMS[name].needs_background
+                            else -1)
+    return Files(paths, np.array(owner), np.array(kind), np.array(excluded), len(originals))
+
+
+def sign_files(files, features, jobs):
+    """Every feature of every file, one pass per file on ``jobs`` processes.
+
+    Returns
+    -------
+    (table, failed, notes)
+        table: {feature: (files, ...) array}; failed: {feature: (files,) bool}, the files the
+        method could not read; notes: lines for the report (failures, shortcut checks).
+    """
+    tasks = [(path, f < files.count_originals and f % CHECK_EVERY == 0)
+             for f, path in enumerate(files.paths)]
+    checked = len(range(0, files.count_originals, CHECK_EVERY))
+    with multiprocessing.get_context().Pool(jobs, _init_features, (features,)) as pool:
+        computed = list(progress(pool.imap(compute_features, tasks, chunksize=8), len(tasks),
+                                 "signatures and hashes"))
+    table, failed, notes = {}, {}, []
+    for feature in features:
+        present = [values[feature] for values, _, _ in computed if feature in values]
+        if not present:
+            raise SystemExit(f"{feature}: failed on every file, e.g. "
+                             f"{computed[0][1].get(feature)}")
+        blank = np.zeros_like(present[0])
+        table[feature] = np.stack([values.get(feature, blank) for values, _, _ in computed])
+        failed[feature] = np.array([feature in errors for _, errors, _ in computed])
+        if failed[feature].any():
+            first = int(np.argmax(failed[feature]))
+            notes.append(f"{feature}: {int(failed[feature].sum())} files failed (distance 1.0), "
+                         f"e.g. {files.paths[first]}: {computed[first][1][feature]}")
+        if feature in ("1.x full", "paper draft", "paper full"):
+            differ = sum(feature in mismatches for _, _, mismatches in computed)
+            notes.append(f"{feature}: the shortcut equals orientation_signatures(path) on "
+                         f"{checked - differ}/{checked} originals checked")
+    return table, failed, notes
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", help="folder of originals (default: the dev corpus)")
+    parser.add_argument("--limit", type=int, help="use the first N originals")
+    parser.add_argument("--methods", help=f"comma-separated, of: {', '.join(METHODS)}")
+    parser.add_argument("--transforms", help="comma-separated (a prefix matches every name it "
+                        "starts), of: " + ", ".join(TRANSFORMS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--search", nargs="?", const=DEFAULT_SEARCH, metavar="METHODS",
+                        help="also measure the search path through a SQLite store, for these of "
+                        f"our methods (default: {DEFAULT_SEARCH})")
+    parser.add_argument("--output", type=Path, help="save the tables here, and the search "
+                        "tables beside it (default: benchmarks/results/accuracy.txt and "
+                        "accuracy-search.txt for runs over the whole corpus and every "
+                        "transformation; the first only with every method)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    jobs = max(1, args.jobs)
+
+    if args.corpus:
+        os.environ["IMAGE_MATCH_CORPUS"] = args.corpus
+    folder, all_paths = corpus_paths()
+    originals = all_paths[:args.limit] if args.limit else all_paths
+    names = select(list(TRANSFORMS), args.transforms, "transform")
+    methods = [METHODS[n] for n in available_methods(select(list(METHODS), args.methods, "method"))]
+    whole = not (args.limit or args.corpus or args.transforms)
+    output = args.output or (RESULTS / "accuracy.txt" if whole and not args.methods else None)
+    search_output = (output or RESULTS / "accuracy.txt") if (args.output or whole) else None
+    if search_output is not None:
+        search_output = search_output.with_name(search_output.stem + "-search.txt")
+
+    with multiprocessing.get_context().Pool(jobs) as pool:
+        files = prepare_files(originals, all_paths, names, args.seed,
+                              cache_folder(folder, args.seed), pool)
+    features = sorted({m.feature for m in methods})
+    table, failed, notes = sign_files(files, features, jobs)
+
+    results = {}
+    check_rng = np.random.default_rng(args.seed)
+    rows = np.arange(len(originals))
+    for method in methods:
+        distances = method_distances(method, table, rows, failed[method.feature])
+        if method.goldberg:
+            check_distances(method, table, distances, rows, check_rng)
+        results[method.name] = evaluate(distances, files.owner, files.kind, files.excluded, names)
+        del distances
+
+    command = " ".join(["python benchmarks/accuracy.py"]
+                       + (argv if argv is not None else sys.argv[1:]))
+    header = [
+        f"{command}\n",
+        f"{machine_line()}; corpus {folder}: {len(originals)} originals x {len(names)} "
+        f"transformations = {len(files.paths) - len(originals)} copies; seed {args.seed}\n",
+    ]
+    out = header + [f"{note}\n" for note in notes] + ["\n"]
+    print("".join(out))
+    tables(results, names, methods, out)
+    elapsed = (f"elapsed {time.perf_counter() - started:.0f} s on {jobs} processes, "
+               f"{cpu_seconds():.0f} CPU-seconds\n")
+    out.append(elapsed)
+    print(elapsed)
+
+    if args.search:
+        search_methods = [METHODS[n] for n in select(list(METHODS), args.search, "method")
+                          if METHODS[n].goldberg and n != "im-1.1.2"]
+        found = search_accuracy(search_methods, originals, files.copies, names, jobs, args.seed)
+        if found is not None:
+            search_out = header + [f"store: SQLite at its default cutoff {found['cutoff']:.2f}; "
+                                   f"{found['stored']} originals stored, {found['held_out']} "
+                                   "held out\n\n"]
+            search_tables(found, names, search_methods, search_out)
+            if search_output is not None:
+                search_output.write_text("".join(search_out))
+                print(f"saved {search_output}", file=sys.stderr)
+
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("".join(out))
+        print(f"saved {output}", file=sys.stderr)
+    else:
+        print("tables not saved (a partial run); --output FILE saves them", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
