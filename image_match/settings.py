@@ -19,7 +19,14 @@ IMAGE_MATCH_FETCH_MAX_REDIRECTS           redirects followed before giving up   
 IMAGE_MATCH_FETCH_ALLOWLIST               host names and CIDR ranges allowed although      (empty)
                                           private, loopback or reserved (comma-separated)
 IMAGE_MATCH_FETCH_PER_HOST_CONCURRENCY    simultaneous fetches per host in one process     4
+IMAGE_MATCH_VISIBILITY_TIMEOUT            seconds before a batch taken by a worker that     600
+                                          never settled it is delivered again
+IMAGE_MATCH_INGEST_THREADS                downloads at a time per ingestion worker process  8
+IMAGE_MATCH_INGEST_MAX_RETRIES            retries of a transient ingestion failure          8
+IMAGE_MATCH_INGEST_RETRY_DELAY            seconds before the first retry (then doubled)     2
 ========================================  ===============================================  =====================
+
+``image_match.tasks.config`` explains the ingestion settings' interplay.
 """
 
 import os
@@ -49,24 +56,32 @@ class Settings:
     fetch_max_redirects: int
     fetch_allowlist: tuple
     fetch_per_host_concurrency: int
+    visibility_timeout: float
+    ingest_threads: int
+    ingest_max_retries: int
+    ingest_retry_delay: float
 
 
 def _split_list(raw):
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-# name (after the prefix) -> (default, converter, field of Settings)
+# name (after the prefix) -> (default, converter, field of Settings, smallest value allowed)
 _VARIABLES = {
-    "DATABASE": (None, str, "database"),
-    "BROKER_URL": ("redis://localhost:6379/0", str, "broker_url"),
-    "RESULT_TTL": (7 * 24 * 3600, int, "result_ttl"),
-    "MAX_IMAGE_PIXELS": (178_956_970, int, "max_image_pixels"),
-    "FETCH_CONNECT_TIMEOUT": (5.0, float, "fetch_connect_timeout"),
-    "FETCH_READ_TIMEOUT": (15.0, float, "fetch_read_timeout"),
-    "FETCH_MAX_BYTES": (50 * 1024 * 1024, int, "fetch_max_bytes"),
-    "FETCH_MAX_REDIRECTS": (5, int, "fetch_max_redirects"),
-    "FETCH_ALLOWLIST": ((), _split_list, "fetch_allowlist"),
-    "FETCH_PER_HOST_CONCURRENCY": (4, int, "fetch_per_host_concurrency"),
+    "DATABASE": (None, str, "database", None),
+    "BROKER_URL": ("redis://localhost:6379/0", str, "broker_url", None),
+    "RESULT_TTL": (7 * 24 * 3600, int, "result_ttl", 1),
+    "MAX_IMAGE_PIXELS": (178_956_970, int, "max_image_pixels", 0),
+    "FETCH_CONNECT_TIMEOUT": (5.0, float, "fetch_connect_timeout", 0),
+    "FETCH_READ_TIMEOUT": (15.0, float, "fetch_read_timeout", 0),
+    "FETCH_MAX_BYTES": (50 * 1024 * 1024, int, "fetch_max_bytes", 0),
+    "FETCH_MAX_REDIRECTS": (5, int, "fetch_max_redirects", 0),
+    "FETCH_ALLOWLIST": ((), _split_list, "fetch_allowlist", None),
+    "FETCH_PER_HOST_CONCURRENCY": (4, int, "fetch_per_host_concurrency", 0),
+    "VISIBILITY_TIMEOUT": (600.0, float, "visibility_timeout", 1),
+    "INGEST_THREADS": (8, int, "ingest_threads", 1),
+    "INGEST_MAX_RETRIES": (8, int, "ingest_max_retries", 0),
+    "INGEST_RETRY_DELAY": (2.0, float, "ingest_retry_delay", 0),
 }
 
 
@@ -75,7 +90,7 @@ def get(name):
 
     Cheaper than ``current()`` on hot paths, which read a single setting per image.
     """
-    default, convert, _ = _VARIABLES[name]
+    default, convert, _, minimum = _VARIABLES[name]
     raw = os.environ.get(PREFIX + name)
     if raw is None or raw.strip() == "":
         value = default
@@ -85,8 +100,8 @@ def get(name):
         except ValueError:
             raise InvalidParameterError(
                 f"{PREFIX}{name}={raw!r}: not a valid {convert.__name__}") from None
-        if isinstance(value, (int, float)) and value < 0:
-            raise InvalidParameterError(f"{PREFIX}{name}={raw!r}: must not be negative")
+        if minimum is not None and value < minimum:
+            raise InvalidParameterError(f"{PREFIX}{name}={raw!r}: must be at least {minimum:g}")
     if name == "DATABASE" and value is None:
         value = default_database_url()
     return value
@@ -94,4 +109,4 @@ def get(name):
 
 def current():
     """All settings as the environment gives them now."""
-    return Settings(**{field: get(name) for name, (_, _, field) in _VARIABLES.items()})
+    return Settings(**{field: get(name) for name, (_, _, field, _) in _VARIABLES.items()})

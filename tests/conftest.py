@@ -4,7 +4,6 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from http_server import http_server  # noqa: F401  (pytest puts tests/ on sys.path)
 
@@ -66,3 +65,5 @@ def _engine_fixture(kind, url_variable):
 
 opensearch_url = _engine_fixture("opensearch", "IMAGE_MATCH_TEST_ES_URL")
 elasticsearch_url = _engine_fixture("elasticsearch", "IMAGE_MATCH_TEST_ES7_URL")
+
+from redis_server import redis_server, redis_url  # noqa: E402,F401  (a real redis-server per session)

@@ -1,0 +1,75 @@
+"""Bulk ingestion's settings and the Celery configuration built from them, in one place.
+
+The broker, the store and how long a job's results are kept come from ``image_match.settings``
+(``IMAGE_MATCH_BROKER_URL``, ``IMAGE_MATCH_DATABASE``, ``IMAGE_MATCH_RESULT_TTL``); the per-host
+fetch limit is the fetcher's (``IMAGE_MATCH_FETCH_PER_HOST_CONCURRENCY``). What only ingestion
+needs is in ``image_match.settings`` too; what its values mean together:
+
+==================================  ==============================================  =======
+variable                            meaning                                         default
+==================================  ==============================================  =======
+IMAGE_MATCH_VISIBILITY_TIMEOUT      seconds after which a batch taken by a worker   600
+                                    that never acknowledged it (killed, machine
+                                    lost) is delivered again
+IMAGE_MATCH_INGEST_THREADS          images fetched and signed at a time in one      8
+                                    worker process
+IMAGE_MATCH_INGEST_MAX_RETRIES      retries of a transient failure (timeout, HTTP   8
+                                    5xx or 429, store unavailable) before the item
+                                    is recorded as failed
+IMAGE_MATCH_INGEST_RETRY_DELAY      seconds before the first retry; doubled at      2
+                                    each retry, with jitter, at most a third of
+                                    the visibility timeout
+==================================  ==============================================  =======
+
+Why a third: the Redis transport redelivers any message unacknowledged for the visibility
+timeout, including one a worker holds while it waits for its retry time, so a retry's delay plus
+the batch's own run must stay below it. A batch stops starting new items after a third of it too
+(the rest go on in a follow-up batch), so one slow host cannot make its batch outlive it. A batch
+delivered twice anyway costs work, never a record: ids are deterministic and outcomes idempotent.
+"""
+
+from .. import settings
+
+QUEUE = "image-match"
+TASK_NAME = "image_match.ingest_batch"
+
+
+def longest_wait():
+    """Seconds a batch may spend before its items are handed on, and the longest retry delay."""
+    return settings.get("VISIBILITY_TIMEOUT") / 3
+
+
+def reap_interval():
+    """Seconds between two looks of a worker's reaper at the unfinished jobs."""
+    return max(1.0, min(10.0, settings.get("VISIBILITY_TIMEOUT") / 5))
+
+
+def celery_config():
+    """The Celery configuration, from the environment as it is now."""
+    visibility_timeout = settings.get("VISIBILITY_TIMEOUT")
+    return {
+        "broker_url": settings.get("BROKER_URL"),
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            # Look for abandoned messages often enough that they come back soon after the
+            # visibility timeout (kombu's default sweep is every 100 s).
+            "unacked_restore_interval": reap_interval(),
+            "unacked_restore_throttle": 1,
+            # A worker killed while restoring messages holds kombu's lock until it expires.
+            "unacked_mutex_expire": min(300.0, visibility_timeout),
+        },
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # a worker waits for its broker, however long
+        # Acknowledge a batch only once it is done; a worker process that dies hands it back.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # A batch cut off from the broker goes on, records its outcomes (those are in Redis and
+        # idempotent) and is delivered again later: the second delivery finds nothing left to do.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": QUEUE,
+    }
