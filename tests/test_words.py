@@ -55,7 +55,7 @@ def test_words_fit_below_3_to_the_k():
     assert words.min() >= 0 and words.max() < 3**16
 
 
-@pytest.mark.parametrize("k,N", [(0, 63), (41, 63), (16, 0), (16, 649), (16.0, 63)])
+@pytest.mark.parametrize("k,N", [(0, 63), (40, 63), (16, 0), (16, 649), (16.0, 63)])
 def test_bad_word_parameters(k, N):
     with pytest.raises(InvalidParameterError):
         make_words(np.zeros(648, np.int8), k, N)
