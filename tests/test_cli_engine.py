@@ -112,7 +112,11 @@ def test_engine_start_status_stop(tmp_path, opensearch_url):
         assert state["url"].startswith("http://127.0.0.1:")
         status = lines(run("engine", "status", "--json", "--data-dir", data))[0]
         assert status["running"] and status["engines"][0]["health"] in ("green", "yellow")
-        assert run("count", "--db", state["url"] + "/images").stdout.strip() == "0"
+        index_url = state["url"] + "/images"
+        missing = run("count", "--db", index_url)  # reading never creates a store
+        assert missing.exit_code == 1 and "no such store" in missing.stderr, missing.output
+        assert run("init", "--db", index_url).exit_code == 0
+        assert run("count", "--db", index_url).stdout.strip() == "0"
         again = run("engine", "start", "--data-dir", data)
         assert again.exit_code == 1 and "already running" in again.stderr
     finally:
