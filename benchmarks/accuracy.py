@@ -1,7 +1,8 @@
 """How well each method tells copies of a picture from other pictures: transforms x methods.
 
     python benchmarks/accuracy.py [--corpus DIR] [--limit N] [--methods a,b] [--transforms a,b]
-                                  [--seed 0] [--jobs N] [--search [METHODS]] [--output FILE]
+                                  [--seed 0] [--jobs N] [--search [METHODS]] [--costs]
+                                  [--output FILE]
 
 In the manner of thorn's perception benchmarks. Every original of the corpus gets one copy per
 transformation of ``benchmarks/transforms.py`` (seeded; cached as files under
@@ -14,7 +15,9 @@ Every method signs every original and every copy, from the same files, in the sa
   other originals and all their copies, under every transformation (about 1.9 million pairs for
   244 originals and 31 transformations). The copy of A inset on B's photo is not a negative of B.
   A pair is (stored original, query file): the query is signed, the original stored, as a store
-  would; for "+o" methods the query counts by the nearest of its 8 orientations.
+  would; for "+o" methods the query counts by the nearest of its 8 orientations. Every option of
+  a method applies to the negatives as to the positives (a stored original's windows, a query's
+  frames and rotations, with the store's margins), so its thresholds are calibrated honestly.
 
 Metrics:
 
@@ -32,6 +35,12 @@ Metrics:
   ``search_image`` at the store's cutoff; top-1 is the share of copies of stored originals whose
   first result is their original, false alarms the share of copies of held-out originals that
   return anything.
+- the rule for options (``+crops``, ``+frames``, ``+rot``, ``+insets``, ``+robust``): against
+  the method without it, which transformations lose recall (at 1e-3 and at the cutoff 0.40) and
+  whether the FPR at the cutoffs rises. Printed after the tables, with the issue's targets.
+- ``--costs`` (on by default for a whole run): what the options cost, measured in the run: bytes
+  per record of a SQLite store of every file with and without crop windows, and CPU milliseconds
+  per ``search_image`` (decode, signing and the store's lookups) with each search option.
 
 Methods (columns):
 
@@ -40,6 +49,11 @@ Methods (columns):
   ``+o``: all_orientations, the minimum distance over the query's ``orientation_signatures``
   (for ``paper`` its ``signature_variants``, which are the same arrays; the run checks this on
   every 8th original and prints how many differ);
+- ``1.x+crops``: a store with ``crop_windows=True``: each original also stored as its central
+  windows (``record_signatures``); ``+frames``, ``+rot``, ``+insets``: searched with
+  ``frames=True``, ``small_rotations=True``, ``insets=True``; ``+robust``: all three
+  (``robust=True``); the distance is ``signature_database_base.record_distances``', margins
+  included (checked on samples);
 - ``im-1.1.2``: image-match 1.1.2 itself, on the same files;
 - ``phash``, ``dhash``: imagehash's 64-bit hashes; ``pdq``: pdqhash's 256 bits; ``pdq+o``: the
   nearest of the query's 8 dihedral PDQ hashes. A hash's distance is Hamming / bits.
@@ -71,8 +85,10 @@ from PIL import Image, ImageOps  # noqa: E402
 
 from common import (CACHE, corpus_paths, load_image_match_1x,  # noqa: E402
                     machine_line, optional_import, print_table)
-from image_match.goldberg import (ImageSignature, normalized_distance,  # noqa: E402
-                                  signature_variants)
+from image_match.goldberg import (CROP_WINDOW_AREAS, INSET_WINDOWS, QUERY_FRAMES,  # noqa: E402
+                                  QUERY_MARGIN, WINDOW_MARGIN, ImageSignature, central_window,
+                                  crop_windows, inset_windows, is_featureless,
+                                  normalized_distance, signature_variants)
 from transforms import TRANSFORMS, encode  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,13 +105,38 @@ class Method:
 
     ``feature`` names what is computed per file (see ``compute_features``); ``orientations``:
     the query counts by its nearest orientation; ``goldberg``: the distance is the normalized
-    distance (else the Hamming fraction of a hash).
+    distance (else the Hamming fraction of a hash). ``windows``: the stored originals keep their
+    crop windows; ``frames``, ``rotations``, ``insets``: the query also counts by its frames, its
+    small rotations, the insets found in it (the search options of the same names).
     """
 
     name: str
     feature: str
     orientations: bool = False
     goldberg: bool = True
+    windows: bool = False
+    frames: bool = False
+    rotations: bool = False
+    insets: bool = False
+
+    @property
+    def parts(self):
+        """The per-file features of the options, beside ``feature``."""
+        return [f"{self.feature} {part}" for part, wanted in
+                (("windows", self.windows), ("frames", self.frames),
+                 ("rotations", self.rotations), ("insets", self.insets)) if wanted]
+
+    @property
+    def query_parts(self):
+        """The query-side options' features, in ``query_signatures``' order."""
+        return [part for part in self.parts if not part.endswith(" windows")]
+
+    @property
+    def base(self):
+        """The method without the options, whose results the rule compares with."""
+        suffix = "+o" if self.orientations else ""
+        return {"1.x draft": "1.x", "1.x full": "1.x-full", "paper draft": "paper",
+                "paper full": "paper-full"}.get(self.feature, self.name) + suffix
 
 
 METHODS = {m.name: m for m in (
@@ -112,7 +153,18 @@ METHODS = {m.name: m for m in (
     Method("dhash", "dhash", goldberg=False),
     Method("pdq", "pdq", goldberg=False),
     Method("pdq+o", "pdq", orientations=True, goldberg=False),
+    Method("1.x+crops", "1.x draft", windows=True),
+    Method("1.x+frames", "1.x draft", frames=True),
+    Method("1.x+rot", "1.x draft", rotations=True),
+    Method("1.x+insets", "1.x draft", insets=True),
+    Method("1.x+robust", "1.x draft", frames=True, rotations=True, insets=True),
+    Method("1.x+crops+robust", "1.x draft", windows=True, frames=True, rotations=True,
+           insets=True),
+    Method("1.x+crops+robust+o", "1.x draft", orientations=True, windows=True, frames=True,
+           rotations=True, insets=True),
 )}
+#: Our methods with options, judged by the rule against their ``base``.
+OPTION_METHODS = [name for name, m in METHODS.items() if m.parts]
 
 
 # --- the files: originals and their cached copies --------------------------------------------
@@ -205,6 +257,9 @@ def compute_features(task):
         variants = [v for v in ("1.x", "paper") if f"{v} {mode}" in wanted]
         if not variants:
             continue
+        parts = [f for f in wanted if f.startswith(tuple(f"{v} {mode} " for v in variants))]
+        if parts:
+            _option_features(path, draft, mode, parts, features, errors)
         try:
             image = path if draft else _feature_state[("1.x", False)].decode(path)[0]
         except Exception as error:  # noqa: BLE001 - a method failing on a file is a result
@@ -239,6 +294,36 @@ def compute_features(task):
             for feature in hashes:
                 errors.setdefault(feature, f"{type(error).__name__}: {error}")
     return features, errors, mismatches
+
+
+def _option_features(path, draft, mode, parts, features, errors):
+    """The signatures the store options add, from one decode of ``path``: ``"<feature> windows"``
+    (the crop windows, (W, L)), ``"<feature> frames"`` (F, L), ``"<feature> rotations"`` (R, L)
+    and ``"<feature> insets"`` (2, L, zeros for rectangles not found), in the order
+    ``record_signatures`` and ``query_signatures`` give them."""
+    for variant in ("1.x", "paper"):
+        wanted = [part.rsplit(" ", 1)[1] for part in parts
+                  if part.startswith(f"{variant} {mode} ")]
+        if not wanted:
+            continue
+        generator = _feature_state[(variant, draft)]
+        try:
+            grey, shape = generator.decode(path)
+            if "windows" in wanted:
+                features[f"{variant} {mode} windows"] = generator.windows_of_grey(
+                    grey, shape, crop_windows(CROP_WINDOW_AREAS))
+            if "frames" in wanted:
+                features[f"{variant} {mode} frames"] = generator.windows_of_grey(
+                    grey, shape, [central_window(*frame) for frame in QUERY_FRAMES])
+            if "rotations" in wanted:
+                features[f"{variant} {mode} rotations"] = generator.rotations_of_grey(grey, shape)
+            if "insets" in wanted:
+                found = generator.windows_of_grey(grey, shape, inset_windows(grey))
+                features[f"{variant} {mode} insets"] = np.concatenate(
+                    [found, np.zeros((INSET_WINDOWS - len(found), found.shape[1]), np.int8)])
+        except Exception as error:  # noqa: BLE001 - a method failing on a file is a result
+            for part in wanted:
+                errors[f"{variant} {mode} {part}"] = f"{type(error).__name__}: {error}"
 
 
 def _hash(feature, image, grey):
@@ -309,13 +394,37 @@ def method_distances(method, table, originals, failed):
     queries = values if method.orientations or values.ndim == 2 else values[:, 0]
     compare = goldberg_distances if method.goldberg else hamming_distances
     distances = compare(stored, queries)
+    if method.parts:
+        distances = _with_options(method, table, originals, stored, queries, distances)
     distances[:, failed] = 1.0
     distances[failed[originals], :] = 1.0
     return distances
 
 
+def _with_options(method, table, originals, stored, queries, distances):
+    """``record_distances`` as a matrix: the smallest over the stored original's signatures (its
+    own, its windows plus ``WINDOW_MARGIN``) and the query's (its own or its orientations, its
+    frames and rotations plus ``QUERY_MARGIN``), at most 1.0."""
+    stored_rows = [(stored, 0.0)]
+    if method.windows:
+        windows = table[f"{method.feature} windows"][originals]
+        stored_rows += [(windows[:, w], WINDOW_MARGIN) for w in range(windows.shape[1])]
+    query_rows = [(queries, 0.0)]
+    for part in method.query_parts:
+        query_rows.append((table[part], QUERY_MARGIN))
+    best = distances
+    for stored_signatures, stored_margin in stored_rows:
+        for query_signatures, query_margin in query_rows:
+            if stored_margin == 0.0 and query_margin == 0.0:
+                continue  # the plain distances, computed already
+            found = goldberg_distances(stored_signatures, query_signatures)
+            best = np.minimum(best, found + (stored_margin + query_margin))
+    return np.minimum(best, 1.0)
+
+
 def check_distances(method, table, distances, originals, rng):
-    """Spot-check the matrix against ``image_match.goldberg.normalized_distance``."""
+    """Spot-check the matrix against ``image_match.goldberg.normalized_distance``, and for methods
+    with options against the store's own ``record_distances``."""
     values = table[method.feature]
     for _ in range(50):
         i, q = int(rng.integers(len(originals))), int(rng.integers(values.shape[0]))
@@ -324,9 +433,30 @@ def check_distances(method, table, distances, originals, rng):
         query = values[q]
         if query.ndim == 2 and not method.orientations:
             query = query[0]
-        expected = np.min(normalized_distance(np.atleast_2d(query), stored))
-        if distances[i, q] != 1.0 and distances[i, q] != expected:
+        query = np.atleast_2d(query)
+        if method.parts:
+            expected = _store_distance(method, table, originals[i], q, stored, query)
+        else:
+            expected = np.min(normalized_distance(query, stored))
+        if distances[i, q] != 1.0 and abs(distances[i, q] - expected) > 1e-12:
             raise AssertionError(f"{method.name}: distance {distances[i, q]} != {expected}")
+
+
+def _store_distance(method, table, original, file, stored, query):
+    """The distance a store with the method's options gives (``record_distances``)."""
+    from image_match.records import Record
+    from image_match.signature_database_base import record_distances
+
+    windows = table[f"{method.feature} windows"][original] if method.windows else None
+    record = Record(id="x", path="x", signature=stored, windows=windows)
+    margins = [np.zeros(len(query))]
+    for part in method.query_parts:
+        more = table[part][file]
+        query = np.concatenate([query, more])
+        margins.append(np.full(len(more), QUERY_MARGIN))
+    kept = ~is_featureless(query)  # as a store, which does not search those
+    return record_distances(query[kept], [record], np.concatenate(margins)[kept])[0] \
+        if kept.any() else 1.0
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -483,6 +613,160 @@ def tables(results, names, methods, out):
          lambda r, n: r["auc"][n], four_places, names)
 
 
+def rule_check(results, names, methods, out):
+    """The rule for options: against its base, no transformation may lose recall and the FPR at
+    the cutoffs may not rise. Returns the rows (for the summary of the report)."""
+    rows = []
+    for method in methods:
+        if not method.parts or method.base not in results:
+            continue
+        result, base = results[method.name], results[method.base]
+
+        def lower(key, level):
+            return ", ".join(
+                f"{n} {percent(base[key][n][level])}->{percent(result[key][n][level])}"
+                for n in names if result[key][n][level] is not None
+                and base[key][n][level] is not None and result[key][n][level] < base[key][n][level]
+            ) or "none"
+
+        def higher_fpr(cutoff):
+            before, after = base["fpr_cutoff"]["all"][cutoff], result["fpr_cutoff"]["all"][cutoff]
+            return f"{rate(before)} -> {rate(after)}" + (" (higher)" if after > before else "")
+
+        rows.append([method.name, method.base, lower("recall_fpr", 1e-3),
+                     lower("recall_cutoff", 0.40), higher_fpr(0.40), higher_fpr(0.45)])
+    if rows:
+        text = ["The rule for options: against the method without it, the transformations whose "
+                "recall is lower (at pair FPR 1e-3; at the cutoff 0.40), and the FPR over all "
+                "negatives at the cutoffs\n\n"]
+        for name, base, at_fpr, at_cutoff, fpr40, fpr45 in rows:
+            text.append(f"{name} (against {base}):\n  lower recall@1e-3: {at_fpr}\n"
+                        f"  lower recall@0.40: {at_cutoff}\n  FPR@0.40: {fpr40}; "
+                        f"FPR@0.45: {fpr45}\n")
+        text.append("\n")
+        print("".join(text))
+        out.extend(text)
+    return rows
+
+
+#: The issue's targets: (what, transformations, methods, at least this recall@1e-3 in %).
+TARGETS = (
+    ("central crop 50% with the crop-robust option", ["crop 50%"],
+     ["1.x+crops", "1.x+crops+robust"], 80),
+    ("insets with the crop-robust option", ["inset 60%"],
+     ["1.x+insets", "1.x+robust", "1.x+crops+robust"], 80),
+    ("rotation by 10 degrees", ["rotate 10"], ["1.x+rot", "1.x+robust", "1.x+crops+robust"], 80),
+    ("central crop 75%", ["crop 75%"], ["1.x+crops", "1.x+crops+robust"], 97),
+)
+
+
+def target_table(results, names, out):
+    rows = []
+    for what, transforms, candidates, goal in TARGETS:
+        for name in candidates:
+            if name in results and all(t in names for t in transforms):
+                value = results[name]["recall_fpr"][transforms[0]][1e-3]
+                rows.append([what, name, f">= {goal}", percent(value),
+                             "met" if value is not None and 100 * value >= goal else "NOT met"])
+    if rows:
+        emit(out, "Targets (recall % at pair FPR 1e-3)", ["target", "method", "goal", "recall",
+                                                           ""], rows)
+
+
+# --- costs --------------------------------------------------------------------------------------
+
+COST_SEARCHES = (  # (label, crop windows in the store, search_image options)
+    ("plain", False, {}),
+    ("all_orientations", False, {"all_orientations": True}),
+    ("frames", False, {"frames": True}),
+    ("small_rotations", False, {"small_rotations": True}),
+    ("insets", False, {"insets": True}),
+    ("robust", False, {"robust": True}),
+    ("crop windows store", True, {}),
+    ("crop windows store, robust", True, {"robust": True}),
+    ("crop windows store, robust, all_orientations", True, {"robust": True,
+                                                            "all_orientations": True}),
+)
+COST_QUERIES = 100
+
+
+def measure_costs(files, table, seed, out):
+    """Index bytes per record with and without crop windows (a SQLite store of every file of the
+    run), and CPU time per ``search_image`` with each option (a store of the originals, a seeded
+    sample of copies), in this process."""
+    from common import time_per_item
+    from image_match.drivers.sqlite import SignatureSQLite
+
+    signatures = table["1.x draft"][:, 0]
+    windows = table.get("1.x draft windows")
+    if windows is None:
+        print("--costs needs a method with crop windows (1.x+crops); skipped", file=sys.stderr)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="image-match-costs-") as folder:
+        sizes = {}
+        for crops in (False, True):
+            path = Path(folder) / f"index-{crops}.db"
+            store = SignatureSQLite(path, crop_windows=crops)
+            empty = _file_bytes(store)
+            for start in range(0, len(files.paths), 500):
+                stop = min(start + 500, len(files.paths))
+                store.add_signatures([
+                    {"path": str(files.paths[f]), "id": str(f), "signature": signatures[f],
+                     **({"windows": windows[f]} if crops else {})} for f in range(start, stop)])
+            words = store._connect().execute("SELECT COUNT(*) FROM words").fetchone()[0]
+            sizes[crops] = (_file_bytes(store) - empty) / len(files.paths), words / len(files.paths)
+            store.close()
+        emit(out, f"Index size: a SQLite store of the run's {len(files.paths)} files (originals "
+             "and copies), after VACUUM, less the empty store", ["store", "bytes per record",
+                                                                  "word rows per record", "x"],
+             [[label, f"{sizes[c][0]:.0f}", f"{sizes[c][1]:.1f}", f"{sizes[c][0] / sizes[False][0]:.2f}"]
+              for label, c in (("1.x (no crop windows)", False), ("1.x, crop windows", True))])
+
+        stores = {}
+        for crops in (False, True):
+            store = SignatureSQLite(Path(folder) / f"search-{crops}.db", crop_windows=crops)
+            store.add_signatures([
+                {"path": str(files.paths[f]), "id": str(f), "signature": signatures[f],
+                 **({"windows": windows[f]} if crops else {})}
+                for f in range(files.count_originals)])
+            stores[crops] = store
+        copies = np.flatnonzero(files.kind >= 0)
+        sample = [files.paths[f] for f in np.random.default_rng(seed).choice(
+            copies, min(COST_QUERIES, copies.size), replace=False)]
+        decode_only = time_per_item(lambda path: stores[False].gis.decode(path), sample)
+        for label, crops, options in COST_SEARCHES:
+            store = stores[crops]
+            seconds = time_per_item(lambda path: store.search_image(str(path), **options), sample)
+            signing = time_per_item(lambda path: store.gis.query_signatures(
+                path, **_signing_options(options)), sample)
+            rows.append([label, f"{1000 * seconds:.1f}", f"{1000 * signing:.1f}",
+                         f"{1000 * (seconds - signing):.1f}"])
+        for store in stores.values():
+            store.close()
+    emit(out, f"Search time: CPU milliseconds per search_image (median of 3 passes over "
+         f"{len(sample)} copies; decoding alone {1000 * decode_only:.1f} ms) in a SQLite store of "
+         f"the {files.count_originals} originals, in one process",
+         ["search", "ms per search", "of which signing", "of which the store"], rows)
+
+
+def _signing_options(options):
+    robust = options.get("robust", False)
+    return {"orientations": options.get("all_orientations", False),
+            "frames": robust or options.get("frames", False),
+            "small_rotations": robust or options.get("small_rotations", False),
+            "insets": robust or options.get("insets", False)}
+
+
+def _file_bytes(store):
+    """The store file's size once its log is folded in and free pages dropped."""
+    connection = store._connect()
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.execute("VACUUM")
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return os.path.getsize(store.path)
+
+
 def _with_pairs(text, pairs):
     return text if pairs is None else f"{text} ({pairs})"
 
@@ -496,18 +780,23 @@ def _distance(value):
 _search_state = {}
 
 
-def _init_search(url, variant, draft, orientations):
+def search_options(method):
+    """``search_image``'s options for a method."""
+    return {"all_orientations": method.orientations, "frames": method.frames,
+            "small_rotations": method.rotations, "insets": method.insets}
+
+
+def _init_search(url, variant, draft, options):
     from image_match.drivers import open_database
 
     _search_state["store"] = open_database(url, variant=variant, draft=draft)
-    _search_state["orientations"] = orientations
+    _search_state["options"] = options
 
 
 def _search_one(path):
     """``(first result's id or None, number of results)`` for one query file."""
     try:
-        matches = _search_state["store"].search_image(
-            str(path), all_orientations=_search_state["orientations"])
+        matches = _search_state["store"].search_image(str(path), **_search_state["options"])
     except Exception as error:  # noqa: BLE001
         return f"error: {type(error).__name__}: {error}", 0
     return (matches[0]["id"] if matches else None), len(matches)
@@ -519,8 +808,8 @@ def search_accuracy(methods, originals, copies, names, jobs, seed):
     Parameters
     ----------
     methods : list of Method
-        Ours; one store per signature (variant, decode), searched with or without
-        all_orientations as each method says.
+        Ours; one store per signature (variant, decode) and crop windows, searched with the
+        options each method says.
     originals : list of Path
     copies : list of (path, owner index, transformation index)
 
@@ -547,9 +836,11 @@ def search_accuracy(methods, originals, copies, names, jobs, seed):
         record_ids = {}
         for method in methods:
             variant, mode = method.feature.split()
-            url = f"sqlite:///{folder}/{variant}-{mode}.db"
+            crops = "-crops" if method.windows else ""
+            url = f"sqlite:///{folder}/{variant}-{mode}{crops}.db"
             if url not in record_ids:
-                store = open_database(url, variant=variant, draft=mode == "draft")
+                store = open_database(url, variant=variant, draft=mode == "draft",
+                                      crop_windows=method.windows)
                 ids = store.add_images([str(originals[i]) for i in stored], workers=jobs)
                 refused = [i for i in ids if not isinstance(i, str)]
                 if refused:
@@ -559,7 +850,7 @@ def search_accuracy(methods, originals, copies, names, jobs, seed):
                 results["cutoff"] = store.distance_cutoff
                 getattr(store, "close", lambda: None)()
             start = time.perf_counter()
-            arguments = (url, variant, mode == "draft", method.orientations)
+            arguments = (url, variant, mode == "draft", search_options(method))
             with multiprocessing.get_context().Pool(jobs, _init_search, arguments) as pool:
                 queries = pool.imap(_search_one, [path for path, _, _ in copies], chunksize=16)
                 found = list(progress(queries, len(copies), f"search {method.name}"))
@@ -731,6 +1022,9 @@ def main(argv=None):
     parser.add_argument("--search", nargs="?", const=DEFAULT_SEARCH, metavar="METHODS",
                         help="also measure the search path through a SQLite store, for these of "
                         f"our methods (default: {DEFAULT_SEARCH})")
+    parser.add_argument("--costs", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure index size and search time per option (default: on for "
+                        "a run over the whole corpus)")
     parser.add_argument("--output", type=Path, help="save the tables here, and the search "
                         "tables beside it (default: benchmarks/results/accuracy.txt and "
                         "accuracy-search.txt for runs over the whole corpus and every "
@@ -754,7 +1048,7 @@ def main(argv=None):
     with multiprocessing.get_context().Pool(jobs) as pool:
         files = prepare_files(originals, all_paths, names, args.seed,
                               cache_folder(folder, args.seed), pool)
-    features = sorted({m.feature for m in methods})
+    features = sorted({f for m in methods for f in (m.feature, *m.parts)})
     table, failed, notes = sign_files(files, features, jobs)
 
     results = {}
@@ -777,6 +1071,10 @@ def main(argv=None):
     out = header + [f"{note}\n" for note in notes] + ["\n"]
     print("".join(out))
     tables(results, names, methods, out)
+    rule_check(results, names, methods, out)
+    target_table(results, names, out)
+    if args.costs or (args.costs is None and whole):
+        measure_costs(files, table, args.seed, out)
     elapsed = (f"elapsed {time.perf_counter() - started:.0f} s on {jobs} processes, "
                f"{cpu_seconds():.0f} CPU-seconds\n")
     out.append(elapsed)

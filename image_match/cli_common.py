@@ -165,6 +165,27 @@ def db_option(function):
              f"{settings.default_database_url()}.")(function)
 
 
+def query_options(function):
+    """``--frames``, ``--small-rotations``, ``--insets`` and ``--robust``: what a search also signs
+    of a query."""
+    function = click.option(
+        "--robust", is_flag=True,
+        help="All of --frames, --small-rotations and --insets.")(function)
+    function = click.option(
+        "--insets", is_flag=True,
+        help="Also find copies pasted into a larger picture, a collage or a screenshot (the "
+             "rectangles bounded by long straight edges in the query are searched too).")(function)
+    function = click.option(
+        "--small-rotations", is_flag=True,
+        help="Also find copies turned by up to about 15 degrees (the query turned back by 5, 10 "
+             "and 15 degrees each way is searched too).")(function)
+    function = click.option(
+        "--frames", is_flag=True,
+        help="Also find copies with caption bars, letterbox bars or a border added (the "
+             "query's central frames are searched too).")(function)
+    return function
+
+
 def database_url(db_url):
     return db_url or settings.get("DATABASE")
 

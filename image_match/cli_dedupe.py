@@ -10,6 +10,7 @@ is moved or deleted without a line of the report saying so.
 """
 
 import csv
+import functools
 import os
 import shutil
 import sys
@@ -20,16 +21,18 @@ import click
 import numpy as np
 
 from .cli_common import (EXIT_FAILURE, can_ask, db_option, expand_paths, human_bytes, is_url,
-                         json_line, open_store, output_options, usage_error)
+                         json_line, open_store, output_options, progress, query_options,
+                         usage_error)
 from .cli_store import add_files, store_path
-from .errors import ImageLoadError
+from .errors import ImageLoadError, ImageMatchError
+from .goldberg import map_signing, query_margins
 from .signature_database_base import DEFAULT_CUTOFF
-from .goldberg import normalized_distance, signature_variants
 
-# Stricter than search's 0.45: a folder of N images is N*N/2 pairs, and at 0.45 about 4 in 100,000
-# pairs of different photos are closer than the cutoff (benchmarks/results/accuracy.txt: FPR@0.45
-# 4.2e-05, FPR@0.40 5.3e-07, 1.x signatures) - hundreds of false groups in 10,000 photos - while
-# resized, recompressed, reformatted, watermarked and 90%-cropped copies are still found at 0.40.
+# The store's 0.40, not image-match 1.x's 0.45: a folder of N images is N*N/2 pairs, and at 0.45
+# about 4 in 100,000 pairs of different photos are closer than the cutoff
+# (benchmarks/results/accuracy.txt: FPR@0.45 4.2e-05, FPR@0.40 5.3e-07, 1.x signatures) -
+# hundreds of false groups in 10,000 photos - while resized, recompressed, reformatted,
+# watermarked and 90%-cropped copies are still found at 0.40.
 KEEP_POLICIES = ("largest", "smallest", "oldest", "newest", "first")
 CSV_COLUMNS = ("group", "action", "dist", "width", "height", "bytes", "path", "to", "error", "id")
 _EXIF_ORIENTATION = 274
@@ -46,10 +49,15 @@ _EXIF_ORIENTATION = 274
               help="Delete the other members (asks first; --yes to skip the question).")
 @click.option("-y", "--yes", is_flag=True, help="Delete without asking (needed without a terminal).")
 @click.option("--cutoff", type=click.FloatRange(0, 1), default=DEFAULT_CUTOFF, show_default=True,
-              help="Images closer than this are the same picture (stricter than search's 0.45: "
-                   "a folder makes many pairs).")
+              help="Images closer than this are the same picture (not 1.x's 0.45: a folder makes "
+                   "many pairs).")
 @click.option("--all-orientations", is_flag=True,
               help="Also group flipped and rotated copies (8 searches per image).")
+@click.option("--crop-windows", is_flag=True,
+              help="Also group central crops (down to half the picture) with their originals: "
+                   "the temporary store keeps each image's central windows. With --db, the store "
+                   "must have been made with them (init --crop-windows).")
+@query_options
 @click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]),
               default="table", show_default=True, help="How groups are printed (--json: json).")
 @click.option("--in-store", is_flag=True,
@@ -60,8 +68,9 @@ _EXIF_ORIENTATION = 274
 @db_option
 @output_options
 @click.pass_obj
-def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientations, output_format,
-           in_store, workers, db_url, as_json):
+def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientations, crop_windows,
+           frames, small_rotations, insets, robust, output_format, in_store, workers, db_url,
+           as_json):
     """Find groups of near-duplicate images, keep one of each, report (or move, or delete) the others.
 
     DIR is a folder (searched recursively; hidden files skipped), an image file or a glob. With
@@ -74,9 +83,18 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
     "height", "bytes", "keep", "action", "to", "error", "metadata"}]}, "dist" being the distance to
     the kept member and "action" one of keep, duplicate (report only), moved, deleted, skipped,
     failed. Exits 1 when an image could not be read or a file could not be moved or deleted.
+
+    --frames, --small-rotations, --insets and --robust sign parts or turned copies of each image
+    too (a second decode of every image), so they need DIRs: a store keeps no images.
     """
     if move_to and delete_files:
         usage_error("dedupe takes --move DEST or --delete, not both")
+    query = {"frames": frames or robust, "small_rotations": small_rotations or robust,
+             "insets": insets or robust}
+    if any(query.values()) and not dirs:
+        usage_error("--frames, --small-rotations, --insets and --robust need DIRs (a store keeps "
+                    "no images to sign them from)")
+    store_options = {"crop_windows": True} if crop_windows else {}
     if delete_files and not yes and not can_ask():
         usage_error("dedupe --delete needs --yes when it cannot ask (no terminal)")
     action = "move" if move_to else "delete" if delete_files else "report"
@@ -84,7 +102,7 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
     state.as_json = state.as_json or output_format != "table"
 
     if not dirs:
-        db = open_store(db_url)
+        db = open_store(db_url, **store_options)
         groups = _find_groups(db, cutoff, all_orientations)
         groups, problems = _report_and_act(db, groups, keep, all_orientations, action, move_to, yes,
                                            output_format, roots={}, store_mode=True)
@@ -100,13 +118,13 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
     in_store = in_store or db_url is not None
     with tempfile.TemporaryDirectory(prefix="image-match-dedupe-") as folder:
         if in_store:
-            db = open_store(db_url, create=True)
+            db = open_store(db_url, create=True, **store_options)
             paths = [store_path(path) for path, _ in found]
             roots = {store_path(path): root and os.path.abspath(root) for path, root in found}
         else:
             from .drivers.sqlite import SignatureSQLite
 
-            db = SignatureSQLite(os.path.join(folder, "dedupe.db"))
+            db = SignatureSQLite(os.path.join(folder, "dedupe.db"), **store_options)
             paths = [path for path, _ in found]
             roots = dict(found)
         try:
@@ -114,13 +132,15 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
             unreadable = [error for _, _, status, error in outcomes if status == "failed"]
             for error in unreadable:
                 click.echo(f"skipped: {error}", err=True)
-            groups = _find_groups(db, cutoff, all_orientations)
+            queries = (_query_signatures(state, db, outcomes, query, workers)
+                       if any(query.values()) else None)
+            groups = _find_groups(db, cutoff, all_orientations, queries)
             if in_store:
                 added = {record_id for _, record_id, status, _ in outcomes if record_id}
                 groups = [group for group in groups if any(m["id"] in added for m in group)]
             groups, problems = _report_and_act(db, groups, keep, all_orientations, action, move_to,
                                                yes, output_format, roots=roots, store_mode=in_store,
-                                               show_ids=in_store)
+                                               show_ids=in_store, queries=queries)
             _summary(state, groups, len(paths) - len(unreadable), action, move_to)
         finally:
             if hasattr(db, "close") and not in_store:
@@ -131,9 +151,28 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
 
 # --- finding the groups -------------------------------------------------------------------------
 
-def _find_groups(db, cutoff, all_orientations):
+def _query_signatures(state, db, outcomes, options, workers):
+    """``{record id: (signatures, margins)}``: the frames, turned copies and insets of each added
+    image (without its whole signature, which the store holds), for ``find_duplicates``."""
+    added = [(path, record_id) for path, record_id, status, _ in outcomes if record_id]
+    if workers is None and len(added) < 32:
+        workers = 1
+    signer = functools.partial(db.gis.query_signatures, **options)
+    margins = query_margins(**options)[1:]
+    queries = {}
+    with progress(state, len(added), "signing parts") as bar:
+        for (path, record_id), signatures in zip(added, map_signing(signer, [p for p, _ in added],
+                                                                    workers)):
+            bar.update(1)
+            if not isinstance(signatures, ImageMatchError):  # read once already: rare
+                queries[record_id] = (signatures[1:], margins)
+    return queries
+
+
+def _find_groups(db, cutoff, all_orientations, queries=None):
     """Groups as lists of ``{"id", "path", "metadata", "signature", "timestamp"}``."""
-    groups = db.find_duplicates(distance_cutoff=cutoff, all_orientations=all_orientations)
+    groups = db.find_duplicates(distance_cutoff=cutoff, all_orientations=all_orientations,
+                                queries=queries)
     records = db.get_many(member["id"] for group in groups for member in group)
     # A member deleted by another process since the search is left out.
     groups = [[_with_signature(records[m["id"]]) for m in group if m["id"] in records]
@@ -142,7 +181,10 @@ def _find_groups(db, cutoff, all_orientations):
 
 
 def _with_signature(record):
-    return dict(record, signature=np.asarray(record["signature"], dtype=np.int8))
+    record = dict(record, signature=np.asarray(record["signature"], dtype=np.int8))
+    if "windows" in record:
+        record["windows"] = np.asarray(record["windows"], dtype=np.int8)
+    return record
 
 
 def _file_facts(path):
@@ -200,21 +242,15 @@ def _timestamp(value):
         return None
 
 
-def _arrange(db, group, policy, all_orientations):
+def _arrange(db, group, policy, all_orientations, queries=None):
     """The group's members with file facts, the kept one first, the others by distance to it."""
     members = []
     for record in group:
         width, height, size, mtime = _file_facts(record["path"])
         members.append(dict(record, width=width, height=height, bytes=size, mtime=mtime))
     kept = min(members, key=_keep_key(policy))
-    signatures = np.stack([m["signature"] for m in members])
-    if all_orientations:
-        parameters = db.gis.parameters()
-        variants = signature_variants(kept["signature"], parameters["n"],
-                                      parameters["diagonal_neighbors"])
-        distances = np.min([normalized_distance(signatures, v) for v in variants], axis=0)
-    else:
-        distances = normalized_distance(signatures, kept["signature"])
+    # As the store linked them: orientations, crop windows, frames and rotations taking part.
+    distances = db.distances_to(kept, members, all_orientations, queries)
     for member, distance in zip(members, distances):
         member["dist"] = 0.0 if member is kept else float(distance)
         member["keep"] = member is kept
@@ -225,10 +261,10 @@ def _arrange(db, group, policy, all_orientations):
 
 
 def _report_and_act(db, groups, policy, all_orientations, action, move_to, yes, output_format,
-                    roots, store_mode, show_ids=True):
+                    roots, store_mode, show_ids=True, queries=None):
     """Arrange each group, confirm deletions, act, and print the report. Returns how many moves
     or deletions failed."""
-    arranged = [_arrange(db, group, policy, all_orientations) for group in groups]
+    arranged = [_arrange(db, group, policy, all_orientations, queries) for group in groups]
     arranged.sort(key=lambda members: (-len(members), members[0]["path"]))
     if action == "delete" and not yes and arranged:
         doomed = [m for members in arranged for m in members[1:]]

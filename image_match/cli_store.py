@@ -13,7 +13,7 @@ import click
 
 from .cli_common import (EXIT_FAILURE, can_ask, database_url, db_option, expand_paths, human_bytes,
                          is_url, json_line, open_store, output_options, parse_filter,
-                         parse_metadata, progress, usage_error)
+                         parse_metadata, progress, query_options, usage_error)
 from .errors import ImageLoadError, ImageMatchError, InvalidParameterError
 from .records import content_id, default_id
 
@@ -58,21 +58,22 @@ def add_files(state, db, paths, metadata=None, id_from="path", workers=None, lab
     signer_inputs = (_content_input(path, index, fetched) if id_from == "content" and is_url(path)
                      else path for index, path in enumerate(paths))
     with progress(state, len(paths), label) as bar:
-        signatures = db.gis.generate_signatures(signer_inputs, workers=workers)
-        for index, (path, signature) in enumerate(zip(paths, signatures)):
+        # The signature, and the crop windows' in a store that keeps them.
+        signed = db.sign_many(signer_inputs, workers=workers)
+        for index, (path, fields) in enumerate(zip(paths, signed)):
             outcomes.append(None)
             bar.update(1)
             if index in fetched and isinstance(fetched[index], ImageMatchError):
-                signature = fetched.pop(index)
-            if isinstance(signature, ImageMatchError):
-                outcomes[index] = (path, None, "failed", str(signature))
+                fields = fetched.pop(index)
+            if isinstance(fields, ImageMatchError):
+                outcomes[index] = (path, None, "failed", str(fields))
                 continue
             try:
                 record_id = _record_id(path, id_from, fetched.pop(index, None))
             except ImageMatchError as error:
                 outcomes[index] = (path, None, "failed", str(error))
                 continue
-            ready.append((index, {"path": path, "signature": signature, "metadata": metadata,
+            ready.append((index, {"path": path, **fields, "metadata": metadata,
                                   "id": record_id}))
             if len(ready) >= BATCH_SIZE:
                 flush()
@@ -167,26 +168,33 @@ def add(state, paths, metadata, id_from, workers, db_url, as_json):
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True,
               help="At most this many matches per image.")
 @click.option("--cutoff", type=click.FloatRange(0, 1), default=None,
-              help="Matches are closer than this (default: the store's, 0.45).")
+              help="Matches are closer than this (default: the store's, 0.40).")
 @click.option("--all-orientations", is_flag=True,
               help="Also find flipped and rotated copies.")
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Only records whose metadata KEY has this value (repeatable; the same KEY twice "
                    "accepts either value). VALUE is read as --metadata reads it.")
+@query_options
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes signing the images.")
 @db_option
 @output_options
 @click.pass_obj
-def search(state, images, top, cutoff, all_orientations, filters, db_url, as_json):
+def search(state, images, top, cutoff, all_orientations, filters, frames, small_rotations, insets,
+           robust, workers, db_url, as_json):
     """The stored copies of each IMAGE (a path or an http(s) URL), closest first.
 
     Prints a table, or with --json one object per image: {"image", "matches": [{"id", "path",
     "dist", "score", "metadata"}]} or {"image", "error"}. Exits 1 when an image could not be read
-    (the others are still searched); finding nothing is not an error.
+    (the others are still searched); finding nothing is not an error. Central crops are found in
+    a store made with 'init --crop-windows', whatever the options.
     """
     pre_filter = parse_filter(filters)
     db = open_store(db_url)
     results = db.search_images(images, all_orientations=all_orientations, pre_filter=pre_filter,
-                               size=max(db.size, top), distance_cutoff=cutoff)
+                               size=max(db.size, top), distance_cutoff=cutoff, frames=frames,
+                               small_rotations=small_rotations, insets=insets, robust=robust,
+                               workers=workers)
     failed = 0
     for image, matches in zip(images, results):
         if isinstance(matches, ImageMatchError):
@@ -313,7 +321,8 @@ def stats(db_url, as_json):
 @output_options
 @click.pass_obj
 def export_records(state, output, db_url, as_json):
-    """Write every record as JSON lines: {"id", "path", "signature", "metadata", "timestamp"}.
+    """Write every record as JSON lines: {"id", "path", "signature", "metadata", "timestamp"},
+    and "windows" (the crop windows' signatures) from a store that keeps them.
 
     For backups and for moving a store to another engine (image-match import). A file is written
     whole or not at all.
@@ -355,8 +364,10 @@ def import_records(state, source, batch_size, db_url, as_json):
     """Add the records of a JSON lines FILE (standard input by default), as export writes them.
 
     Signatures are stored as they are (no image is read), so the target store must be built
-    with the same signature variant as the source. A record whose id exists replaces it. Bad
-    lines are reported with their line numbers and the others imported; exits 1 if any failed.
+    with the same signature variant as the source. The crop windows' signatures of an export from
+    a store with crop windows are kept when the target has them too ('init --crop-windows'), and
+    left out otherwise. A record whose id exists replaces it. Bad lines are reported with their
+    line numbers and the others imported; exits 1 if any failed.
     """
     stream = sys.stdin if source == "-" else open(source, encoding="utf-8")
     try:
@@ -418,6 +429,14 @@ def _import_item(line):
     if not isinstance(signature, list) or not all(type(v) is int and -2 <= v <= 2 for v in signature):
         raise InvalidParameterError(f"{record['path']}: signature must be a list of integers -2..2")
     item = {key: record.get(key) for key in ("id", "path", "signature", "metadata")}
+    windows = record.get("windows")
+    if windows is not None:
+        if not isinstance(windows, list) or not all(
+                isinstance(w, list) and all(type(v) is int and -2 <= v <= 2 for v in w)
+                for w in windows):
+            raise InvalidParameterError(
+                f"{record['path']}: windows must be a list of signatures (integers -2..2)")
+        item["windows"] = windows
     timestamp = record.get("timestamp")
     if timestamp is not None:
         try:
@@ -434,18 +453,28 @@ def _import_item(line):
 @click.command(short_help="Create the store.")
 @click.option("--variant", type=click.Choice(["1.x", "paper"]), default=None,
               help="The signature variant of a new store (default 1.x); an existing store keeps its own.")
+@click.option("--crop-windows", is_flag=True,
+              help="A new store also keeps the signatures of each image's central 50% and 75% "
+                   "(about 3 times the index), so that copies cropped to their centre are found. "
+                   "An existing store keeps its own setting (given here, it must have them).")
 @db_option
 @output_options
-def init(variant, db_url, as_json):
+def init(variant, crop_windows, db_url, as_json):
     """Create the store if it does not exist, and say what it holds."""
-    db = open_store(db_url, create=True, **({"variant": variant} if variant else {}))
+    options = {"variant": variant} if variant else {}
+    if crop_windows:
+        options["crop_windows"] = True
+    db = open_store(db_url, create=True, **options)
     description = db.describe()
     variant = db.gis.parameters()["variant"]
+    windows = list(db.crop_windows)
     if as_json:
-        json_line({**description, "variant": variant})
+        json_line({**description, "variant": variant, "crop_windows": windows})
     else:
-        click.echo(f"ready: {description['location']} ({description['engine']}, variant {variant}, "
-                   f"{description['records']} records)")
+        extra = (f", crop windows {'/'.join(f'{round(100 * a)}%' for a in windows)}"
+                 if windows else "")
+        click.echo(f"ready: {description['location']} ({description['engine']}, variant {variant}"
+                   f"{extra}, {description['records']} records)")
 
 
 @click.command(short_help="Delete the store and all its records.")

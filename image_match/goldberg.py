@@ -13,7 +13,7 @@ arrays:
 
 The flattened result, ``n * n * 8`` int8 values (648 for the defaults), is the signature.
 ``normalized_distance(a, b) = ||a - b|| / (||a|| + ||b||)`` compares them; two pictures are the
-same picture when it is below the cutoff (0.45 by default, see ``image_match.signature_database_base``).
+same picture when it is below the cutoff (0.40 by default, see ``image_match.signature_database_base``).
 
 Variants
 --------
@@ -29,6 +29,22 @@ Variants
 ``variant="paper"`` follows the paper instead: the crop keeps the central 90% of the variation mass,
 grey levels are always 0-1, ``P`` comes from the cropped window, and differences are binned against
 the original values. Signatures of different variants must not be compared with each other.
+
+Windows and small rotations
+---------------------------
+Crops, bars added around a picture and small rotations move every grid point, so the signature of
+such a copy is far from the original's. Signing *parts* of an image finds them again:
+``window_of`` cuts a fractional window out of a decoded grey array (keeping the original-size
+semantics of a draft decode) and ``rotate_grey`` turns it by a few degrees. A store with
+``crop_windows`` keeps the signatures of each image's central windows (``CROP_WINDOW_AREAS``) beside
+its own, so that a copy cropped to its centre compares with the window of the same extent; a search
+with ``frames`` also signs the query's central frames (``QUERY_FRAMES``: its middle without caption
+bars, letterbox bars or a border), with ``small_rotations`` the query turned back by
+``SMALL_ROTATIONS`` degrees, and with ``insets`` the rectangles bounded by long straight edges that
+``inset_windows`` finds (a picture pasted into a larger one). ``ImageSignature.record_signatures`` and ``query_signatures`` make those
+sets from one decode, ``query_margins`` says what each of a query's signatures adds to a distance
+(``WINDOW_MARGIN``, ``QUERY_MARGIN``). The windows, frames, angles and margins were chosen on the dev
+corpus by ``benchmarks/accuracy.py`` (README.rst, "Crops, bars and rotations").
 
 A signature with every value 0 comes from a featureless image (blank, or uniform enough that no
 neighbour difference passes ``identical_tolerance``). ``is_featureless`` tells; such a signature is
@@ -47,6 +63,27 @@ from .errors import ImageMatchError, InvalidParameterError
 from .loading import decode_grey, load_grey
 
 VARIANTS = ("1.x", "paper")
+
+#: The central windows a store with ``crop_windows=True`` signs beside each image, by the share of
+#: the area they keep (the side shrinks by its square root, as a crop keeping the aspect ratio).
+CROP_WINDOW_AREAS = (0.5, 0.75)
+#: The central frames a search with ``frames=True`` signs beside the query, as (share of the
+#: height, share of the width): without bars above and below (caption bars, letterbox) of two
+#: heights, and without a border all round.
+QUERY_FRAMES = ((0.74, 1.0), (0.80, 1.0), (0.86, 0.86))
+#: The angles (degrees, counter-clockwise) a search with ``small_rotations=True`` turns the query
+#: by: a copy turned by about as much either way is turned back.
+SMALL_ROTATIONS = (-5.0, 5.0, -10.0, 10.0, -15.0, 15.0)
+#: At most this many rectangles ``inset_windows`` finds, which a search with ``insets=True`` signs.
+INSET_WINDOWS = 2
+#: What a match through a stored window adds to its distance, and what one through a query's
+#: frame, rotation or inset adds: they compare part of a picture, and parts of different pictures
+#: look alike more often than wholes, so such a match must be closer to count. With these, the
+#: share of unrelated pairs below the cutoffs stays about that of whole signatures
+#: (benchmarks/accuracy.py), while the copies they are for are still found (a central crop is
+#: about 0.1 from its window).
+WINDOW_MARGIN = 0.10
+QUERY_MARGIN = 0.07
 
 # Neighbour offsets (row, column) in the order 1.x stores them: upper left, up, upper right, left,
 # right, lower left, down, lower right. The 4-neighbour layout keeps up, left, right, down.
@@ -393,6 +430,200 @@ def _scale_window(window, shape, reduced_shape, variant):
     return scaled
 
 
+def central_window(height_share, width_share=None):
+    """The centred window keeping ``height_share`` of the height and ``width_share`` (by default
+    the same) of the width, as fractions ``(top, bottom, left, right)`` for ``window_of``."""
+    width_share = height_share if width_share is None else width_share
+    for share in (height_share, width_share):
+        if not 0 < share <= 1:
+            raise InvalidParameterError(f"window share {share!r}: must be in (0, 1]")
+    return ((1 - height_share) / 2, (1 + height_share) / 2,
+            (1 - width_share) / 2, (1 + width_share) / 2)
+
+
+def crop_windows(areas=CROP_WINDOW_AREAS):
+    """The centred windows keeping each of ``areas`` (0-1) of the image, with its aspect ratio."""
+    return [central_window(float(np.sqrt(area))) for area in areas]
+
+
+def window_of(grey, window, original_shape=None):
+    """A fractional window of a grey array, and the size it has in the original image.
+
+    Parameters
+    ----------
+    grey : (h, w) ndarray
+    window : (top, bottom, left, right)
+        Fractions of the height and width, 0 <= top < bottom <= 1, 0 <= left < right <= 1.
+    original_shape : (H, W) or None
+        The image's size when ``grey`` is a reduced-scale decode of it (see ``block_means``).
+
+    Returns
+    -------
+    (grey window, (H', W'))
+        The rows and columns nearest to the fractions (at least one of each), and the window's
+        size in the original's pixels, to sign it as the crop of the original would be signed.
+    """
+    grey = np.asarray(grey)
+    top, bottom, left, right = window
+    if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
+        raise InvalidParameterError(f"window {window!r}: need 0 <= top < bottom <= 1 and "
+                                    "0 <= left < right <= 1")
+    height, width = grey.shape
+    full_height, full_width = grey.shape if original_shape is None else original_shape
+    rows = _window_span(top, bottom, height)
+    columns = _window_span(left, right, width)
+    shape = (max(1, round((rows[1] - rows[0]) * full_height / height)),
+             max(1, round((columns[1] - columns[0]) * full_width / width)))
+    return grey[rows[0]:rows[1], columns[0]:columns[1]], shape
+
+
+def _window_span(low, high, size):
+    start = min(int(round(low * size)), size - 1)
+    return start, max(int(round(high * size)), start + 1)
+
+
+def rotate_grey(grey, degrees):
+    """``grey`` turned counter-clockwise by ``degrees`` about its centre.
+
+    The result keeps the array's size (and so its original-size semantics after a draft decode);
+    the corners that come from outside are 0, black, as a plain rotation of a copy leaves them.
+    Bicubic interpolation, on Pillow's 32-bit float images: the grey levels keep their scale
+    (clipped to the input's range, which bicubic overshoots at sharp edges).
+
+    Returns
+    -------
+    (h, w) float32 ndarray
+    """
+    from PIL import Image
+
+    grey = np.ascontiguousarray(grey, dtype=np.float32)
+    turned = np.asarray(Image.fromarray(grey).rotate(float(degrees),
+                                                     resample=Image.Resampling.BICUBIC))
+    return np.clip(turned, min(float(grey.min()), 0.0), float(grey.max()))
+
+
+def query_margins(orientations=False, frames=False, small_rotations=False, insets=False):
+    """What each row of ``ImageSignature.query_signatures`` (with the same options) adds to its
+    distances: 0 for the image and its orientations, ``QUERY_MARGIN`` for frames, rotations and
+    insets.
+
+    Returns
+    -------
+    (Q,) float64 ndarray
+    """
+    whole = 8 if orientations else 1
+    parts = ((len(QUERY_FRAMES) if frames else 0) + (len(SMALL_ROTATIONS) if small_rotations else 0)
+             + (INSET_WINDOWS if insets else 0))
+    return np.concatenate([np.zeros(whole), np.full(parts, QUERY_MARGIN)])
+
+
+def inset_windows(grey, count=INSET_WINDOWS):
+    """Rectangles of a grey array bounded by long straight edges: where a picture pasted into a
+    larger one (a collage, a screenshot, a page) would be.
+
+    An edge is a grey step across a row (column) boundary that is among the image's 30% largest
+    steps and larger than the steps one pixel to either side. A candidate side is a boundary with
+    edges along at least half of some stretch of 30% of the width (height), the 16 best of each
+    direction; the image's own borders are candidates too. A rectangle of candidate sides scores the share of its length
+    (the sides on the image's border left out) that runs along edges; those scoring at least 0.7,
+    each side at least 0.4, with sides of at least 20% of the image's, at most 85% of its area and
+    at most one side on its border, are ranked by score plus 0.6 times their share of the area
+    (less 0.5 when a side is on the border), the best ``count`` of them kept. Chosen on the dev
+    corpus's inset copies (benchmarks/accuracy.py, ``insets``).
+
+    Parameters
+    ----------
+    grey : (H, W) ndarray
+    count : int
+
+    Returns
+    -------
+    list of (top, bottom, left, right)
+        Fractions of the height and width, as ``window_of`` takes them; the best first, at most
+        ``count`` (none when nothing looks like a pasted picture).
+    """
+    grey = np.asarray(grey, dtype=np.float64)
+    height, width = grey.shape
+    if min(height, width) < 16 or count < 1:
+        return []
+    grey = grey / (grey.max() or 1.0)
+    across_rows = _steps(np.abs(np.diff(grey, axis=0)))          # (H - 1, W)
+    across_columns = _steps(np.abs(np.diff(grey, axis=1)).T).T   # (H, W - 1)
+    rows = _candidate_sides(across_rows)
+    columns = _candidate_sides(across_columns.T)
+    # Boundary i lies between pixels i and i + 1; -1 and size - 1 are the image's own borders.
+    rows = np.array([-1, *rows, height - 1])
+    columns = np.array([-1, *columns, width - 1])
+    # Running counts of edges along each boundary, the borders counting as edges everywhere.
+    along_rows = np.vstack([np.ones((1, width)), across_rows, np.ones((1, width))])
+    along_columns = np.hstack([np.ones((height, 1)), across_columns, np.ones((height, 1))])
+    row_counts = np.concatenate([np.zeros((along_rows.shape[0], 1)),
+                                 np.cumsum(along_rows, axis=1)], axis=1)
+    column_counts = np.concatenate([np.zeros((1, along_columns.shape[1])),
+                                    np.cumsum(along_columns, axis=0)], axis=0)
+
+    top, bottom = (rows[i] for i in np.triu_indices(len(rows), 1))
+    left, right = (columns[i] for i in np.triu_indices(len(columns), 1))
+    top, bottom = np.repeat(top, len(left)), np.repeat(bottom, len(left))
+    left, right = np.tile(left, len(rows) * (len(rows) - 1) // 2), \
+        np.tile(right, len(rows) * (len(rows) - 1) // 2)
+    high, wide = bottom - top, right - left
+    on_border = np.stack([top == -1, bottom == height - 1, left == -1, right == width - 1])
+    kept = ((high >= 0.2 * height) & (wide >= 0.2 * width) & (high * wide <= 0.85 * height * width)
+            & (on_border.sum(axis=0) <= 1))
+    top, bottom, left, right = top[kept], bottom[kept], left[kept], right[kept]
+    high, wide, on_border = high[kept], wide[kept], on_border[:, kept]
+    if not top.size:
+        return []
+    sides = np.stack([
+        (row_counts[top + 1, right + 1] - row_counts[top + 1, left + 1]) / wide,
+        (row_counts[bottom + 1, right + 1] - row_counts[bottom + 1, left + 1]) / wide,
+        (column_counts[bottom + 1, left + 1] - column_counts[top + 1, left + 1]) / high,
+        (column_counts[bottom + 1, right + 1] - column_counts[top + 1, right + 1]) / high,
+    ])
+    lengths = np.stack([wide, wide, high, high]) * ~on_border
+    score = (sides * lengths).sum(axis=0) / lengths.sum(axis=0)
+    good = (score >= 0.7) & (np.where(on_border, 1.0, sides).min(axis=0) >= 0.4)
+    rank = score + 0.6 * high * wide / (height * width) - 0.5 * on_border.any(axis=0)
+    windows = []
+    for i in np.argsort(-np.where(good, rank, -np.inf)):
+        if not good[i] or len(windows) == count:
+            break
+        window = ((top[i] + 1) / height, (bottom[i] + 1) / height,
+                  (left[i] + 1) / width, (right[i] + 1) / width)
+        # Not the same rectangle again, a pixel or two off.
+        if all(max(abs(a - b) for a, b in zip(window, other)) > 0.03 for other in windows):
+            windows.append(tuple(float(v) for v in window))
+    return windows
+
+
+def _steps(differences, percentile=70):
+    """Where ``differences`` (across the rows of the array) are edges: among the largest
+    (above ``percentile``, and at least 0.02 of the grey range), the largest one pixel to either
+    side, a boundary blurred over two pixels counting for both."""
+    threshold = max(float(np.percentile(differences, percentile)), 0.02)
+    edges = differences > threshold
+    edges[1:] &= differences[1:] >= differences[:-1]
+    edges[:-1] &= differences[:-1] >= differences[1:]
+    edges[1:] |= edges[:-1].copy()
+    return edges
+
+
+def _candidate_sides(edges, stretch=0.3, support=0.5, most=16):
+    """Boundaries (rows of ``edges``) with edges along ``support`` of some stretch of
+    ``stretch`` of their length: the best ``most``, at least 3 apart, in order."""
+    length = max(2, int(stretch * edges.shape[1]))
+    counts = np.concatenate([np.zeros((edges.shape[0], 1)), np.cumsum(edges, axis=1)], axis=1)
+    best = ((counts[:, length:] - counts[:, :-length]) / length).max(axis=1)
+    chosen = []
+    for i in np.argsort(-best, kind="stable"):
+        if best[i] < support or len(chosen) == most:
+            break
+        if 1 <= i <= edges.shape[0] - 2 and all(abs(i - j) > 2 for j in chosen):
+            chosen.append(int(i))
+    return sorted(chosen)
+
+
 def normalized_distance(a, b):
     """``||a - b|| / (||a|| + ||b||)`` between signatures, vectorized.
 
@@ -626,13 +857,93 @@ class ImageSignature:
         -------
         (8, sig_length) int8 ndarray
         """
-        grey, shape = self.decode(image, bytestream=bytestream)
+        return self.orientations_of_grey(*self.decode(image, bytestream=bytestream))
+
+    def orientations_of_grey(self, grey, original_shape=None):
+        """``orientation_signatures`` of an already decoded grey array: (8, sig_length)."""
+        shape = grey.shape if original_shape is None else original_shape
         signatures = []
         for _, transform in _dihedral_transforms():
             # The original's size turned the same way (an empty array of that shape, turned).
             turned_shape = transform(np.empty(tuple(shape) + (0,))).shape[:2]
             signatures.append(self.signature_of_grey(transform(grey), turned_shape))
         return np.stack(signatures)
+
+    def windows_of_grey(self, grey, original_shape=None, windows=()):
+        """The signatures of fractional windows of a decoded grey array, each signed as the crop
+        of the original image to that window would be (see ``window_of``).
+
+        Parameters
+        ----------
+        windows : sequence of (top, bottom, left, right)
+            Fractions, as ``central_window`` and ``crop_windows`` give them.
+
+        Returns
+        -------
+        (len(windows), sig_length) int8 ndarray
+        """
+        signatures = [self.signature_of_grey(*window_of(grey, window, original_shape))
+                      for window in windows]
+        return np.stack(signatures) if signatures else np.zeros((0, self.sig_length), np.int8)
+
+    def rotations_of_grey(self, grey, original_shape=None, angles=SMALL_ROTATIONS):
+        """The signatures of a decoded grey array turned by each of ``angles`` (degrees,
+        counter-clockwise; see ``rotate_grey``): (len(angles), sig_length) int8."""
+        signatures = [self.signature_of_grey(rotate_grey(grey, angle), original_shape)
+                      for angle in angles]
+        return np.stack(signatures) if signatures else np.zeros((0, self.sig_length), np.int8)
+
+    def record_signatures(self, image, bytestream=False, areas=CROP_WINDOW_AREAS):
+        """What a store with crop windows keeps of an image, from one decode: its signature, then
+        the signatures of its central windows keeping each of ``areas`` of it.
+
+        Returns
+        -------
+        (1 + len(areas), sig_length) int8 ndarray
+        """
+        grey, shape = self.decode(image, bytestream=bytestream)
+        return np.concatenate([self.signature_of_grey(grey, shape)[None],
+                               self.windows_of_grey(grey, shape, crop_windows(areas))])
+
+    def query_signatures(self, image, bytestream=False, orientations=False, frames=False,
+                         small_rotations=False, insets=False):
+        """The signatures a search compares for one image, from one decode.
+
+        Parameters
+        ----------
+        orientations : bool
+            Add the 7 other flips and rotations by 90 degrees (``orientation_signatures``).
+        frames : bool
+            Add the central frames ``QUERY_FRAMES``: the picture without bars or a border added
+            around it.
+        small_rotations : bool
+            Add the image turned by each of ``SMALL_ROTATIONS``.
+        insets : bool
+            Add the rectangles ``inset_windows`` finds: a picture pasted into this one. Always
+            ``INSET_WINDOWS`` rows, all zero (featureless: never searched) for those not found.
+
+        Returns
+        -------
+        (Q, sig_length) int8 ndarray
+            The signature first, then the orientations (``DIHEDRAL_NAMES`` order), the frames,
+            the rotations and the insets asked for: Q = 1 + 7 + 3 + 6 + 2 with everything.
+            ``query_margins`` with the same options gives the margin of each row.
+        """
+        grey, shape = self.decode(image, bytestream=bytestream)
+        if orientations:
+            parts = [self.orientations_of_grey(grey, shape)]
+        else:
+            parts = [self.signature_of_grey(grey, shape)[None]]
+        if frames:
+            parts.append(self.windows_of_grey(grey, shape, [central_window(*frame)
+                                                            for frame in QUERY_FRAMES]))
+        if small_rotations:
+            parts.append(self.rotations_of_grey(grey, shape))
+        if insets:
+            found = self.windows_of_grey(grey, shape, inset_windows(grey))
+            parts.append(np.concatenate(
+                [found, np.zeros((INSET_WINDOWS - len(found), self.sig_length), np.int8)]))
+        return np.concatenate(parts)
 
     def generate_signatures(self, inputs, workers=None, chunksize=16):
         """Sign many images on all cores, yielding per input its signature or its error.
@@ -652,20 +963,7 @@ class ImageSignature:
         ndarray or ImageMatchError
             In the order of ``inputs``; one bad input yields its error and the batch goes on.
         """
-        workers = (os.cpu_count() or 1) if workers is None else int(workers)
-        if workers <= 1:
-            for item in inputs:
-                yield _sign_or_error(self, item)
-            return
-        chunks = _chunks(inputs, chunksize)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            in_flight = deque(pool.submit(_sign_chunk, self, chunk)
-                              for chunk in itertools.islice(chunks, 2 * workers))
-            while in_flight:
-                results = in_flight.popleft().result()
-                for chunk in itertools.islice(chunks, 1):
-                    in_flight.append(pool.submit(_sign_chunk, self, chunk))
-                yield from results
+        return map_signing(self.generate_signature, inputs, workers, chunksize)
 
     @staticmethod
     def normalized_distance(a, b):
@@ -711,12 +1009,36 @@ def _chunks(items, size):
         yield chunk
 
 
-def _sign_or_error(generator, item):
+def map_signing(function, inputs, workers=None, chunksize=16):
+    """``function(item)`` for every input on ``workers`` processes, yielding per input its result
+    or its ImageMatchError, in order (``ImageSignature.generate_signatures`` for any signing
+    function: ``functools.partial(gis.query_signatures, frames=True)``, ``gis.record_signatures``).
+
+    ``function`` must pickle (a bound method of an ``ImageSignature``, or a partial of one);
+    ``inputs`` are read lazily, a few chunks per process in flight.
+    """
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    if workers <= 1:
+        for item in inputs:
+            yield _sign_or_error(function, item)
+        return
+    chunks = _chunks(inputs, chunksize)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        in_flight = deque(pool.submit(_sign_chunk, function, chunk)
+                          for chunk in itertools.islice(chunks, 2 * workers))
+        while in_flight:
+            results = in_flight.popleft().result()
+            for chunk in itertools.islice(chunks, 1):
+                in_flight.append(pool.submit(_sign_chunk, function, chunk))
+            yield from results
+
+
+def _sign_or_error(function, item):
     try:
-        return generator.generate_signature(item)
+        return function(item)
     except ImageMatchError as error:
         return error
 
 
-def _sign_chunk(generator, items):
-    return [_sign_or_error(generator, item) for item in items]
+def _sign_chunk(function, items):
+    return [_sign_or_error(function, item) for item in items]

@@ -30,6 +30,8 @@ class Record:
     ``signature`` is an int8 array, ``words`` an int64 array (N words) or None when the driver did
     not read them back, ``metadata`` a JSON-serializable dict or None, ``timestamp`` a timezone-aware
     datetime, ``score`` how the engine ranked it as a candidate (shared words, or the engine's score).
+    ``windows``: in a store with crop windows, the (W, L) int8 signatures of the image's central
+    windows (None when the record has none), and ``window_words`` their (W, N) words when writing.
     """
 
     id: str
@@ -40,16 +42,28 @@ class Record:
     timestamp: datetime = None
     score: float = None
     extra: dict = field(default_factory=dict)
+    windows: np.ndarray = None
+    window_words: np.ndarray = None
 
     def as_dict(self):
-        """The record as JSON-ready data (for export and ``get``)."""
-        return {
+        """The record as JSON-ready data (for export and ``get``); ``windows`` (a list of
+        signatures) only for a record that has them."""
+        data = {
             "id": self.id,
             "path": self.path,
             "signature": np.asarray(self.signature).tolist(),
             "metadata": self.metadata,
             "timestamp": self.timestamp.isoformat() if self.timestamp else None,
         }
+        if self.windows is not None and len(self.windows):
+            data["windows"] = np.asarray(self.windows).tolist()
+        return data
+
+    def all_signatures(self):
+        """(1 + W, L): the signature, then the windows' signatures."""
+        if self.windows is None or not len(self.windows):
+            return np.asarray(self.signature)[None]
+        return np.concatenate([np.asarray(self.signature)[None], self.windows])
 
 
 def default_id(path):

@@ -21,14 +21,27 @@ primitive                   what the driver does
 ``describe()``              engine, location and size, for ``stats``
 ==========================  =====================================================================
 
-A store records the parameters it was built with (signature variant, grid, words) when it is
-created and always signs its queries with those: a store opened with other explicit parameters
-refuses with ``InvalidParameterError`` rather than mixing signatures that do not compare.
+A store records the parameters it was built with (signature variant, grid, words, crop windows)
+when it is created and always signs its queries with those: a store opened with other explicit
+parameters refuses with ``InvalidParameterError`` rather than mixing signatures that do not compare.
+
+Crops, bars, rotations and insets. A store created with ``crop_windows=True`` keeps, beside each
+image's signature, the signatures of its central windows (``goldberg.CROP_WINDOW_AREAS``: the
+middle 50% and 75% of the area) and indexes their words too, so that a copy cropped to its centre
+is found (about 2.6 times the index). A search may add signatures of the query: ``frames=True``
+its central frames (copies with caption bars, letterbox bars or a border added),
+``small_rotations=True`` the query turned by 5, 10 and 15 degrees each way (copies turned by up to
+about 15 degrees), ``insets=True`` the rectangles bounded by long straight edges in it (a copy
+pasted into a larger picture); ``robust=True`` turns on all three. A record's distance to a query
+is the smallest over the query's signatures and the record's, a match through a part of a picture
+counting with a margin; the engine is still asked once per search. benchmarks/accuracy.py
+measures each option.
 
 Ids: ``add_image(path)`` gives a record the id ``default_id(path)``, a hash of the path, so adding
 the same path again replaces the record instead of adding a second one. Give ``id=`` to choose.
 """
 
+import functools
 import itertools
 import warnings
 from datetime import datetime, timezone
@@ -37,7 +50,8 @@ from operator import itemgetter
 import numpy as np
 
 from .errors import DatabaseError, ImageMatchError, InvalidParameterError, RecordNotFoundError
-from .goldberg import ImageSignature, is_featureless, signature_variants
+from .goldberg import (CROP_WINDOW_AREAS, WINDOW_MARGIN, ImageSignature, is_featureless,
+                       map_signing, query_margins, signature_variants)
 from .goldberg import normalized_distance as _normalized_distance
 from .loading import describe
 from .records import Record, check_metadata, default_id, normalize_filter, now
@@ -73,12 +87,17 @@ class SignatureDatabaseBase:
         0.40; at 0.45 a store of a million photos returns about 40 unrelated matches a query).
     size : int
         Candidates the engine returns per query signature before the exact distance ranks them.
+    crop_windows : bool, sequence of float or None
+        For a new store: True keeps the signatures of each image's central windows
+        (``CROP_WINDOW_AREAS``, or the areas given, each in (0, 1)) beside its own, so that copies
+        cropped to their centre are found, at about 3 times the index size. None: the store's own
+        setting (off for a new store). Recorded with the store; another explicit value refuses.
     *signature_args, **signature_kwargs
         More ``ImageSignature`` parameters (``variant``, ``draft``, ``P``...).
     """
 
     def __init__(self, k=16, N=63, n_grid=9, crop_percentile=(5, 95), distance_cutoff=DEFAULT_CUTOFF,
-                 *signature_args, size=100, **signature_kwargs):
+                 *signature_args, size=100, crop_windows=None, **signature_kwargs):
         if type(k) is not int or type(N) is not int or type(n_grid) is not int:
             raise InvalidParameterError(f"k={k!r}, N={N!r}, n_grid={n_grid!r}: must be integers")
         self.k = k
@@ -87,12 +106,15 @@ class SignatureDatabaseBase:
         self.crop_percentile = crop_percentile
         self.distance_cutoff = _check_cutoff(distance_cutoff)
         self.size = _check_size(size)
+        self.crop_windows = _check_crop_windows(crop_windows)
         self.gis = ImageSignature(n_grid, crop_percentile, *signature_args, **signature_kwargs)
         # What the caller asked for explicitly, to be checked against an existing store's own.
         explicit = set(signature_kwargs) | {
             name for name, value, default in (("k", k, 16), ("N", N, 63), ("n", n_grid, 9),
                                               ("crop_percentiles", crop_percentile, (5, 95)))
             if value != default}
+        if crop_windows is not None:
+            explicit.add("crop_windows")
         self._explicit = {key for key in explicit if key != "draft"}
         # Positional ImageSignature parameters come after n and crop_percentiles, in this order.
         self._explicit |= set(_SIGNATURE_KEYS[2:2 + len(signature_args)])
@@ -106,6 +128,7 @@ class SignatureDatabaseBase:
             "k": self.k,
             "N": self.N,
             "signature": {key: _jsonable(parameters[key]) for key in _SIGNATURE_KEYS},
+            "crop_windows": list(self.crop_windows),
         }
 
     def _open(self, create=True):
@@ -125,6 +148,17 @@ class SignatureDatabaseBase:
                      if key in self._explicit and current[key] != stored[key]]
         conflicts += [f"{key}={value!r}" for key, value in stored["signature"].items()
                       if key in self._explicit and current["signature"].get(key) != value]
+        # Stores made before crop windows existed have none.
+        stored_windows = tuple(stored.get("crop_windows") or ())
+        if "crop_windows" in self._explicit and stored_windows != self.crop_windows:
+            if not conflicts:
+                raise InvalidParameterError(
+                    f"{self.location}: this store was made "
+                    + (f"with crop windows {list(stored_windows)}; open it without crop_windows "
+                       "(or with the same)" if stored_windows else
+                       "without crop windows, which are chosen when a store is created: make a "
+                       "new store with crop_windows=True and add the images to it"))
+            conflicts.append(f"crop_windows={list(stored_windows) or False!r}")
         if conflicts:
             raise InvalidParameterError(
                 f"{self.location}: this store was built with {', '.join(conflicts)}; open it with "
@@ -135,6 +169,7 @@ class SignatureDatabaseBase:
             signature["crop_percentiles"] = tuple(signature["crop_percentiles"])
         self.n_grid = signature["n"]
         self.crop_percentile = signature["crop_percentiles"]
+        self.crop_windows = stored_windows
         self.gis = ImageSignature(draft=self.gis.draft, **signature)
 
     @property
@@ -169,9 +204,9 @@ class SignatureDatabaseBase:
             The image could not be read. DatabaseError: the store refused or is unreachable.
         """
         image = path if img is None else img
-        signature = self.gis.generate_signature(image, bytestream=bytestream)
-        result = self.add_signatures([{"path": path, "signature": signature, "metadata": metadata,
-                                       "id": id}], refresh_after=refresh_after)[0]
+        signed = self.sign(image, bytestream=bytestream)
+        result = self.add_signatures([{"path": path, **signed, "metadata": metadata, "id": id}],
+                                     refresh_after=refresh_after)[0]
         if isinstance(result, ImageMatchError):
             raise result
         return result
@@ -196,17 +231,17 @@ class SignatureDatabaseBase:
             never stops the others.
         """
         items = [_as_item(item) for item in items]
-        signatures = self.gis.generate_signatures(
-            [item.get("image", item["path"]) for item in items], workers=workers)
+        signed = self.sign_many([item.get("image", item["path"]) for item in items],
+                                workers=workers)
         results = []
-        for batch in _batches(zip(items, signatures), batch_size):
+        for batch in _batches(zip(items, signed), batch_size):
             ready = []
-            for item, signature in batch:
-                if isinstance(signature, ImageMatchError):
-                    results.append(signature)
+            for item, fields in batch:
+                if isinstance(fields, ImageMatchError):
+                    results.append(fields)
                 else:
                     ready.append(len(results))
-                    results.append(dict(item, signature=signature))
+                    results.append(dict(item, **fields))
             stored = self.add_signatures([results[i] for i in ready], refresh_after=False)
             for index, outcome in zip(ready, stored):
                 results[index] = outcome
@@ -221,7 +256,10 @@ class SignatureDatabaseBase:
         ----------
         items : iterable of dict
             ``path`` and ``signature`` (array of the store's length), optionally ``id``,
-            ``metadata`` and ``timestamp``.
+            ``metadata``, ``timestamp`` and, for a store with crop windows, ``windows``: the
+            signatures of the image's central windows as ``sign`` makes them ((W, L) array). A
+            record without them is found by its own signature only; a store without crop
+            windows ignores them.
 
         Returns
         -------
@@ -243,6 +281,12 @@ class SignatureDatabaseBase:
         words = make_words(np.stack([record.signature for record in records]), self.k, self.N)
         for record, row in zip(records, words):
             record.words = row
+        windowed = [record for record in records if record.windows is not None]
+        if windowed:
+            window_words = make_words(np.concatenate([r.windows for r in windowed]), self.k, self.N)
+            count = len(self.crop_windows)
+            for index, record in enumerate(windowed):
+                record.window_words = window_words[index * count:(index + 1) * count]
         reasons = iter(self._insert(records, refresh=refresh_after))
         for index, outcome in enumerate(results):
             if isinstance(outcome, Record):
@@ -264,9 +308,35 @@ class SignatureDatabaseBase:
         record_id = item.get("id") or default_id(path)
         if not isinstance(record_id, str):
             raise InvalidParameterError(f"{path}: id must be a string, not {record_id!r}")
+        windows = item.get("windows")
+        if windows is not None and self.crop_windows:
+            windows = np.asarray(windows)
+            expected = (len(self.crop_windows), self.gis.sig_length)
+            if windows.shape != expected or not np.all(np.abs(windows) <= self.gis.n_levels):
+                raise InvalidParameterError(
+                    f"{path}: windows have shape {windows.shape}, this store's are {expected} "
+                    f"(values -{self.gis.n_levels}..{self.gis.n_levels})")
+            windows = windows.astype(np.int8)
+        else:
+            windows = None
         return Record(id=record_id, path=path, signature=signature,
                       metadata=check_metadata(item.get("metadata"), path),
-                      timestamp=_timestamp(item.get("timestamp"), path))
+                      timestamp=_timestamp(item.get("timestamp"), path), windows=windows)
+
+    def sign(self, image, bytestream=False):
+        """What this store keeps of an image, from one decode: ``{"signature"}``, and
+        ``"windows"`` (the signatures of its central windows) in a store with crop windows.
+        The dict goes into an ``add_signatures`` item as it is.
+
+        Raises ImageLoadError when the image cannot be read.
+        """
+        return _store_fields(self.gis, self.crop_windows, image, bytestream)
+
+    def sign_many(self, images, workers=None, chunksize=16):
+        """``sign`` for many images on ``workers`` processes (None: every core), yielding per
+        image its dict or its ImageMatchError, in order."""
+        return map_signing(functools.partial(_store_fields, self.gis, self.crop_windows), images,
+                           workers, chunksize)
 
     def refresh(self):
         """Make what was added searchable now (engines refresh periodically on their own)."""
@@ -274,7 +344,8 @@ class SignatureDatabaseBase:
     # --- searching ---------------------------------------------------------------------------
 
     def search_image(self, path, all_orientations=False, bytestream=False, pre_filter=None,
-                     size=None, distance_cutoff=None):
+                     size=None, distance_cutoff=None, frames=False, small_rotations=False,
+                     insets=False, robust=False):
         """The stored images that are the same picture as ``path``.
 
         Parameters
@@ -293,6 +364,27 @@ class SignatureDatabaseBase:
             Candidates fetched per query signature (default: the store's ``size``).
         distance_cutoff : float, optional
             Overrides the store's cutoff for this search.
+        frames : bool
+            Also find copies with bars or a border added around the picture (caption bars,
+            letterbox bars, a frame): the query's central frames are searched too (3 more
+            signatures).
+        small_rotations : bool
+            Also find copies turned by up to about 15 degrees: the query turned by 5, 10 and 15
+            degrees each way is searched too (6 more signatures).
+        insets : bool
+            Also find copies pasted into a larger picture (a collage, a screenshot): the
+            rectangles bounded by long straight edges in the query (``goldberg.inset_windows``)
+            are searched too (up to 2 more signatures).
+        robust : bool
+            All three of the above.
+
+        All the signatures of a search (its orientations, frames, rotations and insets) go to
+        the engine in one round trip; a record's distance is its smallest to any of them. In a
+        store with crop windows a record's windows take part as well, whatever the options. A
+        match through a frame, rotation or inset counts at its distance plus
+        ``goldberg.QUERY_MARGIN`` (0.07), one through a stored window plus
+        ``goldberg.WINDOW_MARGIN`` (0.10): parts of pictures must be closer than wholes to be the
+        same picture (see ``record_distances``).
 
         Returns
         -------
@@ -300,12 +392,17 @@ class SignatureDatabaseBase:
             ``{"id", "path", "dist", "score", "metadata"}`` per match, sorted by distance, each id
             once.
         """
-        signatures = self._query_signatures(path, bytestream, all_orientations)
-        return self._search_signatures([signatures], pre_filter, size, distance_cutoff)[0]
+        options = _query_options(all_orientations, frames, small_rotations, insets, robust)
+        signatures = self.gis.query_signatures(path, bytestream, **options)
+        return self._search_signatures([(signatures, query_margins(**options))], pre_filter, size,
+                                       distance_cutoff)[0]
 
     def search_images(self, images, all_orientations=False, pre_filter=None, size=None,
-                      distance_cutoff=None, workers=1):
+                      distance_cutoff=None, workers=1, frames=False, small_rotations=False,
+                      insets=False, robust=False):
         """Search many images, with one engine round trip for all of them.
+
+        Parameters are those of ``search_image``, and ``workers``: processes signing the images.
 
         Returns
         -------
@@ -315,17 +412,16 @@ class SignatureDatabaseBase:
         """
         images = list(images)
         queries, positions, results = [], [], [None] * len(images)
-        if all_orientations:
-            signed = (self._or_error(self._query_signatures, image, False, True) for image in images)
-        else:
-            signed = (s if isinstance(s, ImageMatchError) else s[None]
-                      for s in self.gis.generate_signatures(images, workers=workers))
+        options = _query_options(all_orientations, frames, small_rotations, insets, robust)
+        signed = map_signing(functools.partial(self.gis.query_signatures, **options), images,
+                             workers)
+        margins = query_margins(**options)
         for index, signatures in enumerate(signed):
             if isinstance(signatures, ImageMatchError):
                 results[index] = signatures
             else:
                 positions.append(index)
-                queries.append(signatures)
+                queries.append((signatures, margins))
         for index, matches in zip(positions,
                                   self._search_signatures(queries, pre_filter, size, distance_cutoff)):
             results[index] = matches
@@ -339,51 +435,46 @@ class SignatureDatabaseBase:
                 f"signature has shape {signature.shape}, this store's are ({self.gis.sig_length},)")
         return self._search_signatures([signature[None]], pre_filter, size, distance_cutoff)[0]
 
-    def _query_signatures(self, image, bytestream, all_orientations):
-        if all_orientations:
-            return self.gis.orientation_signatures(image, bytestream=bytestream)
-        return self.gis.generate_signature(image, bytestream=bytestream)[None]
-
-    @staticmethod
-    def _or_error(function, *args):
-        try:
-            return function(*args)
-        except ImageMatchError as error:
-            return error
-
     def _search_signatures(self, queries, pre_filter, size, distance_cutoff):
-        """Matches for each query, given as a (Q, L) array of signatures of one image."""
+        """Matches for each query, given as a (Q, L) array of signatures of one image, or as a
+        pair ``(signatures, margins)`` with (Q,) margins (``goldberg.query_margins``)."""
         return [[{"id": record.id, "path": record.path, "dist": distance, "score": record.score,
                   "metadata": record.metadata} for record, distance in found]
                 for found in self._search_records(queries, pre_filter, size, distance_cutoff)]
 
     def _search_records(self, queries, pre_filter, size, distance_cutoff):
-        """For each query (a (Q, L) array: the signatures of one image), ``[(Record, distance)]``
-        closer than the cutoff, each record once at its best distance, nearest first."""
+        """For each query (the signatures of one image: a (Q, L) array, or ``(signatures,
+        margins)``), ``[(Record, distance)]`` closer than the cutoff, each record once at its best
+        distance, nearest first."""
         cutoff = self.distance_cutoff if distance_cutoff is None else _check_cutoff(distance_cutoff)
         size = self.size if size is None else _check_size(size)
         pre_filter = self._check_filter(pre_filter)
         if not len(queries):
             return []
-        # Featureless signatures match nothing: do not ask the engine about them.
-        searched = [q[~is_featureless(q)] for q in queries]
-        stacked = [s for s in searched if len(s)]
+        searched = []
+        for query in queries:
+            signatures, margins = query if isinstance(query, tuple) else (query, None)
+            signatures = np.asarray(signatures)
+            margins = np.zeros(len(signatures)) if margins is None else np.asarray(margins)
+            # Featureless signatures match nothing: do not ask the engine about them.
+            kept = ~is_featureless(signatures)
+            searched.append((signatures[kept], margins[kept]))
+        stacked = [signatures for signatures, _ in searched if len(signatures)]
         candidate_lists = iter(self._candidates(make_words(np.concatenate(stacked), self.k, self.N),
                                                 size, pre_filter) if stacked else [])
         results = []
-        for signatures in searched:
+        for signatures, margins in searched:
             found = {}
             for _ in range(len(signatures)):
                 for record in next(candidate_lists):
                     found.setdefault(record.id, record)
-            results.append(self._rank(signatures, list(found.values()), cutoff))
+            results.append(self._rank(signatures, margins, list(found.values()), cutoff))
         return results
 
-    def _rank(self, signatures, records, cutoff):
+    def _rank(self, signatures, margins, records, cutoff):
         if not records:
             return []
-        stored = np.stack([record.signature for record in records])
-        distances = np.min([_normalized_distance(stored, s) for s in signatures], axis=0)
+        distances = record_distances(signatures, records, margins)
         ranked = [(record, float(distance)) for record, distance in zip(records, distances)
                   if distance < cutoff]
         return sorted(ranked, key=itemgetter(1))
@@ -430,11 +521,13 @@ class SignatureDatabaseBase:
             yield record.as_dict()
 
     def find_duplicates(self, distance_cutoff=None, size=None, batch_size=200,
-                        all_orientations=False):
+                        all_orientations=False, queries=None):
         """Groups of near-duplicate images over the whole store.
 
         Every record is searched against the store with its stored signature; two records closer
-        than the cutoff are linked, and a group is a connected set of links.
+        than the cutoff are linked, and a group is a connected set of links. In a store with crop
+        windows, records' windows take part (a record that is a central crop of another is
+        linked to it).
 
         Parameters
         ----------
@@ -442,6 +535,10 @@ class SignatureDatabaseBase:
             Also link flipped and rotated copies, by searching each record's 8 orientations. The
             images themselves are not at hand, so the orientations are the index arithmetic of
             ``signature_variants``: exact for the paper variant, within a small distance for 1.x's.
+        queries : dict, optional
+            ``{record id: (signatures, margins)}``: more signatures to search for a record, made
+            from its image (``ImageSignature.query_signatures`` with frames or small rotations,
+            and their ``query_margins``: the store keeps no image to make them from).
 
         Returns
         -------
@@ -450,13 +547,10 @@ class SignatureDatabaseBase:
             member the one with the most links (ties: the earliest path), ``dist`` each member's
             distance to it; groups with the most members first.
         """
-        parameters = self.gis.parameters()
+        queries = queries or {}
 
-        def orientations(signature):
-            if all_orientations:
-                return signature_variants(signature, parameters["n"],
-                                          parameters["diagonal_neighbors"])
-            return signature[None]
+        def searched(record):
+            return self._searched(record, all_orientations, queries)
 
         parent, records, links = {}, {}, {}
 
@@ -467,9 +561,8 @@ class SignatureDatabaseBase:
             return node
 
         for batch in _batches(self._scan(batch_size), batch_size):
-            queries = [orientations(record.signature) for record in batch]
-            for record, found in zip(batch, self._search_records(queries, None, size,
-                                                                 distance_cutoff)):
+            for record, found in zip(batch, self._search_records([searched(r) for r in batch],
+                                                                 None, size, distance_cutoff)):
                 records.setdefault(record.id, record)
                 for other, _ in found:
                     if other.id != record.id:
@@ -484,13 +577,35 @@ class SignatureDatabaseBase:
         groups = []
         for group in members.values():
             group.sort(key=lambda r: (-len(links[r.id]), r.path, r.id))
-            head = orientations(group[0].signature)
-            stored = np.stack([r.signature for r in group])
-            distances = np.min([_normalized_distance(stored, h) for h in head], axis=0)
+            distances = pair_distances(group[0], group, searched)
             groups.append([{"id": r.id, "path": r.path, "dist": float(d), "metadata": r.metadata}
                            for r, d in zip(group, distances)])
         groups.sort(key=lambda g: (-len(g), g[0]["path"]))
         return groups
+
+    def distances_to(self, head, records, all_orientations=False, queries=None):
+        """The distance of ``head`` to each of ``records`` as ``find_duplicates`` measures it (the
+        nearer of both ways; windows, orientations and ``queries`` taking part).
+
+        ``head`` and ``records`` are records as ``get`` returns them (dicts with ``id``,
+        ``signature`` and, in a store with crop windows, ``windows``). Returns a float64 array.
+        """
+        head, records = _as_record(head), [_as_record(record) for record in records]
+        return pair_distances(head, records,
+                              lambda r: self._searched(r, all_orientations, queries or {}))
+
+    def _searched(self, record, all_orientations, queries):
+        """``(signatures, margins)`` searched for a stored record by ``find_duplicates``."""
+        if all_orientations:
+            own = signature_variants(record.signature, self.gis.n, self.gis.diagonal_neighbors)
+        else:
+            own = np.asarray(record.signature)[None]
+        own_margins = np.zeros(len(own))
+        if record.id not in queries:
+            return own, own_margins
+        more, more_margins = queries[record.id]
+        return (np.concatenate([own, np.asarray(more, np.int8)]),
+                np.concatenate([own_margins, more_margins]))
 
     # --- primitives: each driver supplies these ------------------------------------------------
 
@@ -529,6 +644,92 @@ class SignatureDatabaseBase:
     def describe(self):
         """``{"engine", "location", "records", "bytes"}`` (bytes may be None)."""
         raise NotImplementedError
+
+
+def record_distances(signatures, records, margins=None):
+    """The distance of each record to a query: the smallest, over the query's signatures ((Q, L):
+    orientations, frames, rotations) and the record's (its own and its windows'), of their
+    normalized distance plus the query signature's margin plus ``WINDOW_MARGIN`` for a window.
+
+    Parameters
+    ----------
+    signatures : (Q, L) array
+    records : list of Record
+    margins : (Q,) array or None
+        What each query signature adds (``goldberg.query_margins``); None: nothing.
+
+    Returns
+    -------
+    (len(records),) float64 ndarray
+    """
+    stored = [record.all_signatures() for record in records]
+    counts = [len(s) for s in stored]
+    owner = np.repeat(np.arange(len(stored)), counts)
+    stored_margins = np.concatenate([np.r_[0.0, np.full(count - 1, WINDOW_MARGIN)]
+                                     for count in counts])
+    stored = np.concatenate(stored)
+    margins = np.zeros(len(signatures)) if margins is None else margins
+    per_signature = np.min([_normalized_distance(stored, s) + margin
+                            for s, margin in zip(signatures, margins)], axis=0) + stored_margins
+    distances = np.full(len(records), np.inf)
+    np.minimum.at(distances, owner, per_signature)
+    return np.minimum(distances, 1.0)
+
+
+def pair_distances(head, records, searched):
+    """The distance of ``head`` to each of ``records`` for groups of duplicates, the nearer of
+    both ways, as links are made either way: ``searched(head)`` (the signatures searched for a
+    record and their margins, ``((Q, L), (Q,))``) against each record's signatures, and
+    ``searched(record)`` against head's.
+
+    ``head`` and ``records`` are ``Record`` objects; returns a (len(records),) float64 array.
+    """
+    signatures, margins = searched(head)
+    forward = record_distances(signatures, records, margins)
+    backward = []
+    for record in records:
+        signatures, margins = searched(record)
+        backward.append(record_distances(signatures, [head], margins)[0])
+    return np.minimum(forward, backward)
+
+
+def _as_record(record):
+    if isinstance(record, Record):
+        return record
+    windows = record.get("windows")
+    return Record(id=record.get("id"), path=record.get("path"),
+                  signature=np.asarray(record["signature"], dtype=np.int8),
+                  windows=None if windows is None else np.asarray(windows, dtype=np.int8))
+
+
+def _check_crop_windows(value):
+    """The crop window areas as a tuple of floats (empty: none)."""
+    if value is None or value is False:
+        return ()
+    if value is True:
+        return tuple(CROP_WINDOW_AREAS)
+    try:
+        areas = tuple(float(area) for area in value)
+    except (TypeError, ValueError):
+        areas = None
+    if not areas or not all(0 < area < 1 for area in areas) or isinstance(value, (str, bytes)):
+        raise InvalidParameterError(
+            f"crop_windows={value!r}: must be True, False, None or a sequence of areas in (0, 1)")
+    return areas
+
+
+def _query_options(all_orientations, frames, small_rotations, insets, robust):
+    """``ImageSignature.query_signatures``' options for a search's."""
+    return {"orientations": bool(all_orientations), "frames": bool(frames or robust),
+            "small_rotations": bool(small_rotations or robust), "insets": bool(insets or robust)}
+
+
+def _store_fields(gis, areas, image, bytestream=False):
+    """``SignatureDatabaseBase.sign``, as a function that pickles (for ``map_signing``)."""
+    if not areas:
+        return {"signature": gis.generate_signature(image, bytestream=bytestream)}
+    signatures = gis.record_signatures(image, bytestream=bytestream, areas=areas)
+    return {"signature": signatures[0], "windows": signatures[1:]}
 
 
 def _check_cutoff(cutoff):

@@ -431,3 +431,85 @@ def test_add_urls_with_path_and_content_ids(db, http_server, monkeypatch):
 def test_celery_commands_are_wired_when_their_module_is_there():
     pytest.importorskip("image_match.tasks.cli")
     assert {"ingest", "worker", "job"} <= set(main.commands)
+
+
+# --- crop windows, frames and small rotations ------------------------------------------------------
+
+def _hard_copies(folder):
+    """A central half crop, a captioned and a turned copy of three photos, in ``folder``."""
+    from test_store_behaviour import _rgb, captioned, central_crop
+
+    chosen = [photos()[i] for i in (2, 4, 5)]
+    folder.mkdir()
+    central_crop(_rgb(chosen[0]), 0.5).save(folder / "half.jpg", quality=92)
+    captioned(_rgb(chosen[1])).save(folder / "meme.jpg", quality=92)
+    _rgb(chosen[2]).rotate(12, resample=Image.Resampling.BICUBIC).save(folder / "turned.jpg",
+                                                                       quality=92)
+    return chosen
+
+
+def test_init_with_crop_windows_then_search_robustly(db, tmp_path):
+    chosen = _hard_copies(tmp_path / "copies")
+    result = run("init", "--crop-windows", "--json")
+    assert result.exit_code == 0, result.output
+    assert lines(result)[0]["crop_windows"] == [0.5, 0.75]
+    assert "crop windows 50%/75%" in run("init").stdout
+    assert run("add", *chosen).exit_code == 0
+    copies = [tmp_path / "copies" / name for name in ("half.jpg", "meme.jpg", "turned.jpg")]
+    plain = lines(run("search", "--json", *copies))
+    assert [bool(r["matches"]) for r in plain] == [True, False, False]
+    assert plain[0]["matches"][0]["path"] == str(chosen[0])
+    robust = lines(run("search", "--json", "--robust", *copies))
+    assert [r["matches"][0]["path"] for r in robust] == [str(p) for p in chosen]
+    assert lines(run("search", "--json", "--frames", copies[1]))[0]["matches"]
+    assert lines(run("search", "--json", "--small-rotations", copies[2]))[0]["matches"]
+
+
+def test_crop_windows_are_chosen_at_creation(db):
+    assert run("add", PHOTO).exit_code == 0
+    result = run("init", "--crop-windows")
+    assert result.exit_code == 2 and "without crop windows" in only_line(result)
+
+
+def test_export_import_keeps_the_windows(db, tmp_path):
+    assert run("init", "--crop-windows").exit_code == 0
+    assert run("add", *photos()[:3]).exit_code == 0
+    exported = tmp_path / "records.jsonl"
+    assert run("export", "-o", exported).exit_code == 0
+    records = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert all(len(r["windows"]) == 2 for r in records)
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    assert run("init", "--db", target, "--crop-windows").exit_code == 0
+    assert run("import", "--db", target, exported).exit_code == 0
+    imported = open_database(target)
+    for record in records:
+        assert imported.get(record["id"])["windows"] == record["windows"]
+    plain = f"sqlite:///{tmp_path / 'plain.db'}"  # without crop windows: they are left out
+    assert run("import", "--db", plain, exported).exit_code == 0
+    assert "windows" not in open_database(plain).get(records[0]["id"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(dict(records[0], windows=[[7]])) + "\n")
+    result = run("import", "--db", target, bad)
+    assert result.exit_code == 1 and "windows must be" in result.stderr
+
+
+def test_dedupe_with_crop_windows_and_robust(tmp_path):
+    chosen = _hard_copies(tmp_path / "pics")
+    for path in chosen:
+        shutil.copy(path, tmp_path / "pics" / path.name)
+    groups = lambda *options: sorted(sorted(os.path.basename(m["path"]) for m in g["members"])
+                                     for g in lines(run("dedupe", tmp_path / "pics", "--json",
+                                                        *options)))
+    assert groups() == []
+    assert groups("--crop-windows") == [sorted(["half.jpg", chosen[0].name])]
+    assert groups("--crop-windows", "--robust") == sorted([
+        sorted(["half.jpg", chosen[0].name]), sorted(["meme.jpg", chosen[1].name]),
+        sorted(["turned.jpg", chosen[2].name])])
+    assert groups("--frames") == [sorted(["meme.jpg", chosen[1].name])]
+    for group in lines(run("dedupe", tmp_path / "pics", "--json", "--robust", "--crop-windows")):
+        assert all(m["dist"] < 0.40 for m in group["members"])
+
+
+def test_query_options_on_a_store_need_dirs(db):
+    result = run("dedupe", "--robust")
+    assert result.exit_code == 2 and "need DIRs" in only_line(result)

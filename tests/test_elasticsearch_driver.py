@@ -6,6 +6,7 @@ indices read as they are, raw DSL and portable filters, per-item bulk errors, cl
 unreachable engines.
 """
 
+import io
 import socket
 import threading
 import time
@@ -14,6 +15,7 @@ from datetime import datetime
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import photos
 from image_match.drivers import open_database
@@ -22,7 +24,7 @@ from image_match.drivers.elasticsearch import (QueryDSL, SignatureES, _parse_url
                                                tagged_words)
 from image_match.errors import DatabaseError, InvalidParameterError
 from image_match.goldberg import ImageSignature
-from image_match.records import filter_matches, normalize_filter
+from image_match.records import default_id, filter_matches, normalize_filter
 from image_match.signature_database_base import make_record
 
 ENGINES = ["opensearch", "elasticsearch"]
@@ -527,3 +529,41 @@ def test_the_1x_import_path():
 
     assert elasticsearch_driver.SignatureES is SignatureES
     assert callable(elasticsearch_driver.normalized_distance)
+
+
+@pytest.mark.engine
+def test_crop_windows_are_stored_packed_and_their_words_indexed(index_url):
+    store = open_database(index_url, crop_windows=True)
+    mapping = _mapping(store)
+    assert mapping["properties"]["windows"] == {"type": "binary"}
+    assert mapping["_meta"]["image_match"]["config"]["crop_windows"] == [0.5, 0.75]
+    record_id = store.add_image(str(photos()[0]), refresh_after=True)
+    source = _raw_client(store).get(index=store.index, id=record_id)["_source"]
+    assert isinstance(source["windows"], str) and len(source["windows"]) == 576  # 2 x 216 bytes
+    assert len(source["words"]) == len(set(source["words"])) > 63
+    assert open_database(index_url).crop_windows == (0.5, 0.75)
+
+
+@pytest.mark.engine
+def test_a_1x_index_refuses_crop_windows(index_url):
+    _write_raw(index_url, _legacy_documents()[:2])
+    with pytest.raises(InvalidParameterError, match="crop windows"):
+        open_database(index_url, crop_windows=True)
+    store = open_database(index_url)
+    assert store.legacy and store.crop_windows == ()
+
+
+@pytest.mark.engine
+def test_crop_windows_in_the_simple_words_layout(index_url):
+    store = open_database(index_url, layout="simple_words", crop_windows=True)
+    store.add_images([str(p) for p in photos()], workers=1, refresh_after=True)
+    with Image.open(photos()[2]) as image:
+        width, height = image.size
+        side = 0.5 ** 0.5
+        left, top = round(width * (1 - side) / 2), round(height * (1 - side) / 2)
+        half = image.convert("RGB").crop((left, top, width - left, height - top))
+    buffer = io.BytesIO()
+    half.save(buffer, "JPEG", quality=90)
+    assert store.search_image(buffer.getvalue())[0]["path"] == str(photos()[2])
+    source = _raw_client(store).get(index=store.index, id=default_id(str(photos()[2])))["_source"]
+    assert any(isinstance(source[f"simple_word_{i}"], list) for i in range(63))

@@ -10,13 +10,15 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from image_match.errors import ImageLoadError, InvalidParameterError
-from image_match.goldberg import (DIHEDRAL_NAMES, ImageSignature, crop_window, grid_points,
-                                  is_featureless, normalized_distance, percentiles_of_sorted,
-                                  quantize_differences,
-                                  signature_from_grey, signature_variants)
+from image_match.goldberg import (CROP_WINDOW_AREAS, DIHEDRAL_NAMES, QUERY_FRAMES, QUERY_MARGIN,
+                                  SMALL_ROTATIONS, ImageSignature, central_window, crop_window,
+                                  crop_windows, grid_points, is_featureless, map_signing,
+                                  normalized_distance, percentiles_of_sorted, quantize_differences,
+                                  query_margins, rotate_grey, signature_from_grey,
+                                  signature_variants, window_of)
 from image_match.loading import load_grey
 
-from conftest import DATA, PHOTO, SHARED_CORPUS, jpeg_bytes, photos
+from conftest import DATA, PHOTO, SHARED_CORPUS, jpeg_bytes, photos, png_bytes
 
 EXACT = ImageSignature(draft=False)
 
@@ -281,3 +283,171 @@ def test_signature_of_pil_image_equals_file():
         np.testing.assert_array_equal(EXACT.generate_signature(image), EXACT.generate_signature(PHOTO))
     buffer = io.BytesIO(PHOTO.read_bytes())
     np.testing.assert_array_equal(EXACT.generate_signature(buffer), EXACT.generate_signature(PHOTO))
+
+
+# --- windows, frames and small rotations -------------------------------------------------------
+
+def _rgb(path=PHOTO):
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _central_crop(image, area):
+    side = np.sqrt(area)
+    width, height = round(image.width * side), round(image.height * side)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def test_central_windows_are_fractions():
+    assert central_window(0.5) == (0.25, 0.75, 0.25, 0.75)
+    assert central_window(0.8, 1.0) == pytest.approx((0.1, 0.9, 0.0, 1.0))
+    top, bottom, left, right = crop_windows((0.25,))[0]
+    assert (bottom - top) * (right - left) == pytest.approx(0.25)
+    assert len(crop_windows()) == len(CROP_WINDOW_AREAS)
+    for share in (0, 1.5, -0.2):
+        with pytest.raises(InvalidParameterError):
+            central_window(share)
+
+
+def test_window_of_cuts_the_array_and_scales_the_original_size():
+    grey = np.arange(100 * 200, dtype=np.float64).reshape(100, 200)
+    window, shape = window_of(grey, (0.25, 0.75, 0.1, 0.6))
+    np.testing.assert_array_equal(window, grey[25:75, 20:120])
+    assert shape == (50, 100)
+    # A reduced decode of a 400x800 image: the window keeps its size in the original's pixels.
+    _, shape = window_of(grey, (0.25, 0.75, 0.1, 0.6), original_shape=(400, 800))
+    assert shape == (200, 400)
+    # Never empty.
+    window, shape = window_of(np.ones((3, 3)), (0.5, 0.5001, 0.0, 1.0))
+    assert window.shape == (1, 3) and shape == (1, 3)
+    for bad in ((0.5, 0.4, 0, 1), (0, 1, -0.1, 1), (0, 1.2, 0, 1)):
+        with pytest.raises(InvalidParameterError):
+            window_of(grey, bad)
+
+
+def test_window_signature_is_the_signature_of_the_cropped_array():
+    grey, shape = EXACT.decode(PHOTO)
+    window = central_window(0.6, 0.8)
+    expected = EXACT.signature_of_grey(window_of(grey, window)[0])
+    np.testing.assert_array_equal(EXACT.windows_of_grey(grey, shape, [window])[0], expected)
+    assert EXACT.windows_of_grey(grey, shape, []).shape == (0, 648)
+
+
+@pytest.mark.parametrize("draft", [False, True])
+def test_a_central_crop_is_near_its_window_and_far_from_the_whole(draft):
+    generator = ImageSignature(draft=draft)
+    stored = generator.record_signatures(PHOTO)
+    assert stored.shape == (1 + len(CROP_WINDOW_AREAS), 648) and stored.dtype == np.int8
+    np.testing.assert_array_equal(stored[0], generator.generate_signature(PHOTO))
+    for row, area in enumerate(CROP_WINDOW_AREAS, 1):
+        crop = generator.generate_signature(png_bytes(_central_crop(_rgb(), area)))
+        assert normalized_distance(crop, stored[row]) < 0.15, area
+    half = generator.generate_signature(png_bytes(_central_crop(_rgb(), 0.5)))
+    assert normalized_distance(half, stored[0]) > 0.45
+
+
+def test_rotate_grey_keeps_size_and_scale():
+    grey, shape = EXACT.decode(PHOTO)
+    turned = rotate_grey(grey, 0)
+    assert turned.dtype == np.float32 and turned.shape == grey.shape
+    np.testing.assert_allclose(turned, grey, atol=1e-6)
+    turned = rotate_grey(grey, 10)
+    assert turned.shape == grey.shape and turned[0, 0] == 0  # corners from outside are black
+    uint8 = (grey * 255).astype(np.uint8)  # 1.x's 0-255 scale of single-channel images
+    assert 100 < rotate_grey(uint8, 5).max() <= 255
+
+
+@pytest.mark.parametrize("angle", [10, -10, 15])
+def test_a_turned_copy_is_found_by_turning_the_query_back(angle):
+    generator = ImageSignature()
+    stored = generator.generate_signature(PHOTO)
+    copy = jpeg_bytes(_rgb().rotate(angle, resample=Image.Resampling.BICUBIC), quality=95)
+    assert normalized_distance(generator.generate_signature(copy), stored) > 0.4
+    turned = generator.rotations_of_grey(*generator.decode(copy))
+    assert turned.shape == (len(SMALL_ROTATIONS), 648)
+    assert normalized_distance(turned, stored).min() < 0.25
+
+
+def test_a_captioned_copy_is_found_by_a_frame():
+    generator = ImageSignature()
+    image = _rgb()
+    bar = round(0.18 * image.height)
+    captioned = Image.new("RGB", (image.width, image.height + 2 * bar), "white")
+    captioned.paste(image, (0, bar))
+    query = generator.query_signatures(jpeg_bytes(captioned), frames=True)
+    stored = generator.generate_signature(PHOTO)
+    assert normalized_distance(query[0], stored) > 0.3
+    assert normalized_distance(query[1:], stored).min() < 0.2
+
+
+def test_query_signatures_from_one_decode_and_their_margins():
+    generator = ImageSignature()
+    grey, shape = generator.decode(PHOTO)
+    plain = generator.query_signatures(PHOTO)
+    np.testing.assert_array_equal(plain, generator.generate_signature(PHOTO)[None])
+    everything = generator.query_signatures(PHOTO, orientations=True, frames=True,
+                                            small_rotations=True)
+    frames = len(QUERY_FRAMES)
+    assert everything.shape == (8 + frames + len(SMALL_ROTATIONS), 648)
+    np.testing.assert_array_equal(everything[:8], generator.orientation_signatures(PHOTO))
+    np.testing.assert_array_equal(
+        everything[8:8 + frames],
+        generator.windows_of_grey(grey, shape, [central_window(*f) for f in QUERY_FRAMES]))
+    np.testing.assert_array_equal(everything[8 + frames:], generator.rotations_of_grey(grey, shape))
+    for options in ({}, {"frames": True}, {"small_rotations": True}, {"orientations": True},
+                    {"orientations": True, "frames": True, "small_rotations": True}):
+        margins = query_margins(**options)
+        assert margins.shape == (len(generator.query_signatures(PHOTO, **options)),)
+        whole = 8 if options.get("orientations") else 1
+        assert not margins[:whole].any() and np.all(margins[whole:] == QUERY_MARGIN)
+
+
+def test_map_signing_takes_any_signing_function(tmp_path):
+    import functools
+
+    inputs = [str(PHOTO), str(tmp_path / "missing.jpg"), str(photos()[0])]
+    function = functools.partial(EXACT.query_signatures, frames=True)
+    for workers in (1, 2):
+        results = list(map_signing(function, inputs, workers=workers, chunksize=1))
+        assert results[0].shape == (1 + len(QUERY_FRAMES), 648)
+        assert isinstance(results[1], ImageLoadError)
+        np.testing.assert_array_equal(results[2], function(str(photos()[0])))
+
+
+def _inset(picture, background, scale=0.6, at=(0.25, 0.1)):
+    """``picture`` at ``scale`` of each side, pasted on ``background`` made its size."""
+    canvas = background.resize(picture.size, Image.Resampling.LANCZOS)
+    small = picture.resize((round(picture.width * scale), round(picture.height * scale)),
+                           Image.Resampling.LANCZOS)
+    x, y = round(at[0] * picture.width), round(at[1] * picture.height)
+    canvas.paste(small, (x, y))
+    return canvas, (y / picture.height, (y + small.height) / picture.height,
+                    x / picture.width, (x + small.width) / picture.width)
+
+
+def test_inset_windows_finds_a_pasted_picture():
+    from image_match.goldberg import INSET_WINDOWS, inset_windows
+
+    collage, truth = _inset(_rgb(PHOTO), _rgb(photos()[5]))
+    generator = ImageSignature()
+    grey, shape = generator.decode(jpeg_bytes(collage, quality=95))
+    found = inset_windows(grey)
+    assert 1 <= len(found) <= INSET_WINDOWS
+    # The pasted picture is among them (a strong straight line in it may make another one).
+    assert any(max(abs(a - b) for a, b in zip(window, truth)) < 0.03 for window in found), found
+    windows = generator.windows_of_grey(grey, shape, found)
+    assert normalized_distance(windows, generator.generate_signature(PHOTO)).min() < 0.3
+    assert inset_windows(np.zeros((10, 10))) == [] and inset_windows(np.ones((50, 80))) == []
+
+
+def test_query_insets_are_padded_to_a_fixed_count():
+    from image_match.goldberg import INSET_WINDOWS
+
+    generator = ImageSignature()
+    blank = generator.query_signatures(np.full((120, 160), 0.5), insets=True)
+    assert blank.shape == (1 + INSET_WINDOWS, 648) and not blank[1:].any()
+    collage, _ = _inset(_rgb(PHOTO), _rgb(photos()[5]))
+    signed = generator.query_signatures(jpeg_bytes(collage), insets=True, frames=True)
+    assert signed.shape == (1 + len(QUERY_FRAMES) + INSET_WINDOWS, 648)
+    assert len(query_margins(insets=True, frames=True)) == len(signed)

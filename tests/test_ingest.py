@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 
+import numpy as np
 import pytest
 
 from image_match import settings
@@ -267,10 +268,19 @@ def test_paths_are_read_by_the_worker(env, jobs, tmp_path):
     assert open_database(database).get(default_id(str(PHOTO)))["path"] == str(PHOTO)
 
 
+def test_a_store_with_crop_windows_gets_them_from_ingestion(env, jobs, tmp_path):
+    database = f"sqlite:///{tmp_path / 'images.db'}"
+    store = open_database(database, crop_windows=True)
+    job = uuid.uuid4().hex
+    assert batch.ingest(job, database, items_of([str(PHOTO)]), 0, jobs, Sent(jobs, job))["stored"] == 1
+    record = store.get(default_id(str(PHOTO)))
+    assert np.array_equal(np.asarray(record["windows"]), store.sign(PHOTO)["windows"])
+
+
 def test_items_not_started_in_time_are_deferred(tmp_path):
     paths = [str(p) for p in photos()[:3]]
-    outcomes = batch.sign(open_database(f"sqlite:///{tmp_path / 'x.db'}").gis,
-                          items_of(paths), deadline=0)
+    outcomes = batch.sign(open_database(f"sqlite:///{tmp_path / 'x.db'}"), items_of(paths),
+                          deadline=0)
     assert all(o.deferred and o.reason is None for o in outcomes)
 
 

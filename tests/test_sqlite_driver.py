@@ -141,3 +141,39 @@ def test_a_failed_write_leaves_nothing_half_written(tmp_path, monkeypatch):
     assert store.count() == 0  # the half-written row was rolled back
     assert store.add_signatures(items)[0] == default_id("atomic/0.jpg")
     assert store.count() == 5
+
+
+def test_crop_windows_words_are_indexed_and_removed_with_the_record(tmp_path):
+    from image_match.words import make_words
+
+    store = SignatureSQLite(tmp_path / "images.db", crop_windows=True)
+    record_id = store.add_image(str(photos()[0]))
+    connection = store._connect()
+    signatures = store.gis.record_signatures(str(photos()[0]))
+    distinct = {(position, word) for row in make_words(signatures).tolist()
+                for position, word in enumerate(row)}
+    assert connection.execute("SELECT COUNT(*) FROM words").fetchone()[0] == len(distinct) > 63
+    packed = connection.execute("SELECT windows FROM records").fetchone()[0]
+    assert isinstance(packed, bytes) and len(packed) == 2 * 216
+    store.add_image(str(photos()[0]), img=str(photos()[1]))  # replaced: the old words go
+    assert connection.execute("SELECT COUNT(*) FROM words").fetchone()[0] == len(
+        {(p, w) for row in make_words(store.gis.record_signatures(str(photos()[1]))).tolist()
+         for p, w in enumerate(row)})
+    assert store.delete(record_id)
+    assert connection.execute("SELECT COUNT(*) FROM words").fetchone()[0] == 0
+
+
+def test_a_file_made_before_crop_windows_still_works(tmp_path):
+    path = tmp_path / "images.db"
+    SignatureSQLite(path).close()
+    connection = sqlite3.connect(path)
+    connection.execute("ALTER TABLE records DROP COLUMN windows")  # as files made before
+    connection.execute("UPDATE meta SET value = json_remove(value, '$.crop_windows')")
+    connection.commit()
+    connection.close()
+    store = SignatureSQLite(path)
+    assert store.crop_windows == ()
+    record_id = store.add_image(str(photos()[0]))
+    assert store.search_image(str(photos()[0]))[0]["id"] == record_id
+    assert "windows" not in store.get(record_id)
+    assert store.delete(record_id)

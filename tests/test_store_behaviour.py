@@ -10,7 +10,7 @@ import uuid
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from image_match.drivers import open_database
 from image_match.errors import DatabaseError, ImageLoadError, InvalidParameterError, RecordNotFoundError
@@ -327,3 +327,168 @@ def test_unreachable_or_bad_urls():
         open_database("sqlite://host/images.db")
     with pytest.raises(DatabaseError):
         open_database("sqlite:////proc/no/such/dir/images.db")
+
+
+# --- crops, bars and small rotations --------------------------------------------------------------
+
+# Photos whose crops, captioned and turned copies are well beyond the cutoff without the options
+# (p152c20d2f38's plain sky stays within reach of its copies).
+HARD = [photos()[i] for i in (2, 4, 5, 12)]
+
+
+def _rgb(path=PHOTO):
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def central_crop(image, area):
+    side = np.sqrt(area)
+    width, height = round(image.width * side), round(image.height * side)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def captioned(image, bar=0.18):
+    """White bars above and below with black text in them: a meme."""
+    pad = round(image.height * bar)
+    canvas = Image.new("RGB", (image.width, image.height + 2 * pad), "white")
+    canvas.paste(image, (0, pad))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=pad * 3 // 5)
+    for line, y in (("WHEN THE TESTS", pad // 2), ("PASS EVERYWHERE", canvas.height - pad // 2)):
+        draw.text((canvas.width // 2, y), line, font=font, fill="black", anchor="mm")
+    return canvas
+
+
+def sibling(store_url, name):
+    """Another store's URL beside ``store_url`` (a file in the same folder, an index on the same
+    engine)."""
+    if store_url.startswith("sqlite"):
+        return store_url.replace("images.db", f"{name}.db")
+    return f"{store_url}-{name}"
+
+
+@pytest.fixture
+def cropping(store_url):
+    """A store with crop windows, filled with the photos."""
+    db = open_database(sibling(store_url, "crop"), crop_windows=True)
+    ids = db.add_images([str(p) for p in photos()], workers=1, refresh_after=True)
+    assert all(isinstance(i, str) for i in ids), ids
+    yield db
+    db.drop()
+
+
+def test_a_half_crop_is_found_with_crop_windows_and_not_without(filled, cropping):
+    for path in HARD:
+        half = encoded(central_crop(_rgb(path), 0.5))
+        assert str(path) not in paths_of(filled.search_image(half)), path.name
+        results = cropping.search_image(half)
+        assert results and results[0]["path"] == str(path), (path.name, results[:2])
+        assert results[0]["dist"] < cropping.distance_cutoff
+    # The whole picture is still found at distance 0, through its own signature.
+    assert cropping.search_image(str(PHOTO))[0]["dist"] < 1e-9
+
+
+def test_crop_windows_are_recorded_and_kept(cropping, store_url):
+    assert cropping.crop_windows == (0.5, 0.75)
+    again = open_database(sibling(store_url, "crop"))  # no parameters: the store's own
+    assert again.crop_windows == (0.5, 0.75)
+    half = encoded(central_crop(_rgb(), 0.5))
+    assert again.search_image(half)[0]["path"] == str(PHOTO)
+    with pytest.raises(InvalidParameterError, match="crop_windows"):
+        open_database(sibling(store_url, "crop"), crop_windows=False)
+
+
+def test_a_store_without_crop_windows_refuses_to_be_opened_with_them(store, store_url):
+    store.add_image(str(PHOTO), refresh_after=True)
+    with pytest.raises(InvalidParameterError, match="crop_windows"):
+        open_database(store_url, crop_windows=True)
+    assert open_database(store_url).crop_windows == ()
+
+
+def test_records_with_windows_export_and_import_whole(cropping, store_url):
+    record = cropping.get(default_id(str(PHOTO)))
+    expected = cropping.gis.record_signatures(str(PHOTO))
+    np.testing.assert_array_equal(record["signature"], expected[0])
+    np.testing.assert_array_equal(record["windows"], expected[1:])
+    exported = list(cropping.iter_records())
+    assert all(len(r["windows"]) == 2 for r in exported)
+
+    target = open_database(sibling(store_url, "imported"), crop_windows=True)
+    try:
+        results = target.add_signatures(exported, refresh_after=True)
+        assert all(isinstance(r, str) for r in results), results
+        np.testing.assert_array_equal(target.get(record["id"])["windows"], record["windows"])
+        half = encoded(central_crop(_rgb(), 0.5))
+        assert target.search_image(half)[0]["path"] == str(PHOTO)
+        # Windows of the wrong shape are refused one by one; a record without them is kept.
+        bad = target.add_signatures([dict(exported[0], windows=exported[0]["windows"][:1]),
+                                     {"path": "plain.jpg", "signature": exported[1]["signature"]}],
+                                    refresh_after=True)
+        assert isinstance(bad[0], InvalidParameterError) and "windows" in str(bad[0])
+        assert isinstance(bad[1], str) and "windows" not in target.get(bad[1])
+    finally:
+        target.drop()
+
+
+def test_replacing_a_record_replaces_its_windows_words(cropping):
+    path, other = str(photos()[0]), str(photos()[5])
+    cropping.add_image(path, img=other, refresh_after=True)  # same record, another picture
+    half = encoded(central_crop(_rgb(photos()[0]), 0.5))
+    assert path not in paths_of(cropping.search_image(half))
+    assert cropping.search_image(encoded(central_crop(_rgb(photos()[5]), 0.5)))[0]["path"] in (
+        path, other)
+    assert cropping.delete(default_id(path))
+    cropping.refresh()
+    assert path not in paths_of(cropping.search_image(encoded(central_crop(_rgb(photos()[5]),
+                                                                           0.5))))
+
+
+def test_find_duplicates_links_a_central_crop_through_the_windows(cropping):
+    cropping.add_image("half.jpg", img=encoded(central_crop(_rgb(), 0.5)), bytestream=True,
+                       refresh_after=True)
+    groups = cropping.find_duplicates()
+    assert [sorted(m["path"] for m in g) for g in groups] == [sorted([str(PHOTO), "half.jpg"])]
+    assert all(m["dist"] < cropping.distance_cutoff for m in groups[0])
+
+
+def test_a_captioned_copy_is_found_with_frames_and_not_without(filled):
+    for path in HARD:
+        data = encoded(captioned(_rgb(path)))
+        assert str(path) not in paths_of(filled.search_image(data)), path.name
+        results = filled.search_image(data, frames=True)
+        assert results and results[0]["path"] == str(path), (path.name, results[:2])
+
+
+def test_a_turned_copy_is_found_with_small_rotations_and_not_without(filled):
+    for path in HARD:
+        data = encoded(_rgb(path).rotate(10, resample=Image.Resampling.BICUBIC))
+        assert str(path) not in paths_of(filled.search_image(data)), path.name
+        results = filled.search_image(data, small_rotations=True)
+        assert results and results[0]["path"] == str(path), (path.name, results[:2])
+
+
+def test_robust_search_many_at_once(filled):
+    turned = encoded(_rgb().rotate(-12, resample=Image.Resampling.BICUBIC))
+    framed = encoded(captioned(_rgb(photos()[1])))
+    results = filled.search_images([turned, b"junk", framed], robust=True, workers=2)
+    assert paths_of(results[0])[0] == str(PHOTO)
+    assert isinstance(results[1], ImageLoadError)
+    assert paths_of(results[2])[0] == str(photos()[1])
+    # A match through a rotation or frame counts with its margin: never closer than 0.05.
+    assert results[0][0]["dist"] >= 0.05
+    # The whole picture still comes first at distance 0 when searched robustly.
+    assert filled.search_image(str(PHOTO), robust=True)[0]["dist"] < 1e-9
+
+
+def test_an_inset_copy_is_found_with_insets_and_not_without(filled):
+    for index, path in enumerate(HARD):
+        picture, background = _rgb(path), _rgb(photos()[(index + 7) % len(photos())])
+        canvas = background.resize(picture.size, Image.Resampling.LANCZOS)
+        small = picture.resize((round(picture.width * 0.6), round(picture.height * 0.6)),
+                               Image.Resampling.LANCZOS)
+        canvas.paste(small, (round(0.3 * picture.width), round(0.15 * picture.height)))
+        data = encoded(canvas)
+        assert str(path) not in paths_of(filled.search_image(data)), path.name
+        results = filled.search_image(data, insets=True)
+        assert results and results[0]["path"] == str(path), (path.name, results[:2])

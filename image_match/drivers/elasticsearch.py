@@ -12,9 +12,13 @@ An index is created with an explicit, strict mapping (nothing is left to dynamic
 
     path            keyword                      exact lookups (delete_duplicates)
     signature       binary, not indexed          the signature packed 3 values a byte: 216 bytes
+    windows         binary, not indexed          with crop windows: the central windows'
+                                                 signatures, packed one after the other
     words           keyword, many values         layout "words" (the default): word i as
                                                  ``i * 3**k + word``, one field for all N words
+                                                 (and those of the windows, in a store with them)
     simple_word_i   long, i = 0..N-1             layout "simple_words": image-match 1.x's fields
+                                                 (several values with windows)
     metadata        object, enabled: false       kept as given, not indexed
     metadata_terms  keyword, many values         ``key=<JSON value>`` per scalar in metadata, dotted
                                                  keys for nested objects: what pre_filter queries
@@ -31,6 +35,8 @@ Indices written by image-match 1.x (documents with ``path``, ``signature`` as a 
 ``simple_word_0..62``, ``metadata`` and ``timestamp`` under a dynamic mapping, no ``_meta``) are
 read, searched and written in their own shape without re-indexing; their parameters are those the
 store is opened with (1.x recorded none), checked against what the documents show (N, k, grid).
+They cannot keep crop windows (``crop_windows=True`` on one refuses): their documents have no
+field for them, and 1.x code reading the index would not know them.
 
 ``pre_filter`` takes the portable form (``{"key": value}`` or ``{"key": [values]}`` on metadata,
 see ``records.normalize_filter``) or, as 1.x allowed, raw query DSL, which goes into the query's
@@ -54,6 +60,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from ..errors import DatabaseError, InvalidParameterError
+from ..goldberg import is_featureless
 from ..records import (Record, filter_matches, normalize_filter, pack_signatures,
                        unpack_signatures)
 from ..signature_database_base import SignatureDatabaseBase
@@ -186,6 +193,11 @@ class SignatureES(SignatureDatabaseBase):
             return None  # an empty index, made by hand or by 1.x before its first document
         if "simple_word_0" in properties or "signature" in properties:
             self._use_layout("simple_words", legacy=True)
+            if self.crop_windows:
+                raise InvalidParameterError(
+                    f"{self.location}: an index of image-match 1.x documents cannot keep crop "
+                    "windows; open it without crop_windows, or export its records and import "
+                    "them into a new index made with crop windows (and add the images again)")
             return self._legacy_config(properties)
         raise DatabaseError(f"{self.location}: the index holds other documents than image-match's "
                             f"(fields {', '.join(sorted(properties)[:5])}); choose another index")
@@ -202,6 +214,7 @@ class SignatureES(SignatureDatabaseBase):
         (1.x's defaults unless told otherwise), corrected by what the documents show."""
         config = self._config()
         config["signature"]["variant"] = "1.x"  # 1.x's documents hold 1.x's signatures
+        config["crop_windows"] = []
         word_count = sum(1 for name in properties if re.fullmatch(r"simple_word_\d+", name))
         if word_count:
             config["N"] = word_count
@@ -251,6 +264,7 @@ class SignatureES(SignatureDatabaseBase):
         properties = {
             "path": {"type": "keyword"},
             "signature": {"type": "binary"},
+            "windows": {"type": "binary"},
             "metadata": {"type": "object", "enabled": False},
             _TERMS_FIELD: {"type": "keyword", "doc_values": False},
             "timestamp": {"type": "date"},
@@ -299,10 +313,18 @@ class SignatureES(SignatureDatabaseBase):
             document["signature"] = base64.b64encode(pack_signatures(record.signature)).decode()
             document["metadata"] = record.metadata
             document[_TERMS_FIELD] = metadata_terms(record.metadata)
+        words = record.words[None]
+        if record.windows is not None and not self.legacy:
+            document["windows"] = base64.b64encode(pack_signatures(record.windows).tobytes()).decode()
+            # Featureless windows' words are every blank patch's: not indexed.
+            words = np.concatenate([words, record.window_words[~is_featureless(record.windows)]])
         if self.layout == "words":
-            document[_WORDS_FIELD] = tagged_words(record.words, self.k).tolist()
-        else:
+            document[_WORDS_FIELD] = _unique(tagged_words(words, self.k).ravel().tolist())
+        elif len(words) == 1:
             document.update(zip(word_field_names(self.N), record.words.tolist()))
+        else:
+            document.update(zip(word_field_names(self.N), (_unique(column) for column in
+                                                            words.T.tolist())))
         document["timestamp"] = _format_timestamp(record.timestamp)
         return document
 
@@ -389,10 +411,15 @@ class SignatureES(SignatureDatabaseBase):
         if signature.shape != (self.gis.sig_length,):
             raise DatabaseError(f"{self.location}: record {hit['_id']} holds a signature of "
                                 f"{signature.size} values, this store's have {self.gis.sig_length}")
+        windows = source.get("windows")
+        if windows is not None:
+            rows = np.frombuffer(base64.b64decode(windows), dtype=np.uint8)
+            windows = unpack_signatures(rows.reshape(-1, -(-self.gis.sig_length // 3)),
+                                        self.gis.sig_length)
         return Record(id=hit["_id"], path=source.get("path", source.get("url")),
                       signature=signature, metadata=source.get("metadata"),
                       timestamp=_parse_timestamp(source.get("timestamp")),
-                      score=hit.get("_score"))
+                      score=hit.get("_score"), windows=windows)
 
     def _get(self, ids):
         docs = [{"_id": i, "_source": {"excludes": _NOT_RETURNED}} for i in ids]
@@ -496,6 +523,11 @@ def tagged_words(words, k=16):
     words = np.asarray(words, dtype=np.int64)
     dtype = np.int64 if words.shape[-1] * 3 ** k < 2 ** 63 else object
     return words.astype(dtype) + np.arange(words.shape[-1]).astype(dtype) * 3 ** k
+
+
+def _unique(values):
+    """The values without repeats, in their first order."""
+    return list(dict.fromkeys(values))
 
 
 def metadata_term(key, value):

@@ -3,11 +3,14 @@
 Layout (schema version 1, also in ``PRAGMA user_version``):
 
 - ``records``: one row per image: ``id`` (unique), ``path`` (indexed, for exact deletes),
-  ``signature`` (packed, 216 bytes for 648 values), ``metadata`` (JSON text) and ``timestamp``.
-- ``words``: the inverted index, one row ``(word, record)`` per word of each record, where ``word``
-  is ``position * 3**k + value`` so that equal words at different positions differ. It is a
-  ``WITHOUT ROWID`` table keyed by ``(word, record)``: a query's words are 63 range scans of a
-  B-tree, never a scan of all rows.
+  ``signature`` (packed, 216 bytes for 648 values), ``metadata`` (JSON text), ``timestamp`` and, in
+  a store with crop windows, ``windows``: the signatures of the image's central windows, packed
+  one after the other (NULL for a record added without them; the column is absent from files
+  made before crop windows existed, which cannot have them).
+- ``words``: the inverted index, one row ``(word, record)`` per word of each record (and of its
+  windows), where ``word`` is ``position * 3**k + value`` so that equal words at different
+  positions differ. It is a ``WITHOUT ROWID`` table keyed by ``(word, record)``: a query's words
+  are 63 range scans of a B-tree, never a scan of all rows.
 - ``meta``: the schema version and the store's parameters (see SignatureDatabaseBase).
 
 Several processes may read and write one file at a time: the file is in WAL mode (readers never
@@ -26,6 +29,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from ..errors import DatabaseError
+from ..goldberg import is_featureless
 from ..records import Record, pack_signatures, unpack_signatures
 from ..signature_database_base import SignatureDatabaseBase
 from ..words import make_words
@@ -42,7 +46,8 @@ CREATE TABLE IF NOT EXISTS records (
     path TEXT NOT NULL,
     signature BLOB NOT NULL,
     metadata TEXT,
-    timestamp REAL NOT NULL
+    timestamp REAL NOT NULL,
+    windows BLOB
 );
 CREATE INDEX IF NOT EXISTS records_path ON records (path);
 CREATE TABLE IF NOT EXISTS words (
@@ -194,40 +199,58 @@ class SignatureSQLite(SignatureDatabaseBase):
         outcomes = [None] * len(records)
         # One id twice in a batch: the last one wins, as it would one batch after another.
         records = list({record.id: record for record in records}.values())
-        keys = self._word_keys(np.stack([record.words for record in records]))
         packed = pack_signatures(np.stack([record.signature for record in records]))
         rows = [(r.id, r.path, signature.tobytes(),
                  None if r.metadata is None else json.dumps(r.metadata), r.timestamp.timestamp())
                 for r, signature in zip(records, packed)]
+        columns, updates = "id, path, signature, metadata, timestamp", ""
+        if self.crop_windows:
+            rows = [row + (_pack_windows(r.windows),) for row, r in zip(rows, records)]
+            columns, updates = columns + ", windows", ", windows = excluded.windows"
         with self._writing() as connection:
             self._remove_words(connection, [r.id for r in records])
             connection.executemany(
-                "INSERT INTO records (id, path, signature, metadata, timestamp) VALUES (?, ?, ?, ?, ?) "
+                f"INSERT INTO records ({columns}) VALUES ({_marks(rows[0])}) "
                 "ON CONFLICT (id) DO UPDATE SET path = excluded.path, signature = excluded.signature, "
-                "metadata = excluded.metadata, timestamp = excluded.timestamp", rows)
+                f"metadata = excluded.metadata, timestamp = excluded.timestamp{updates}", rows)
             rowid_of = {}
             for chunk in _chunks([r.id for r in records], 500):
                 rowid_of.update((record_id, rowid) for rowid, record_id in connection.execute(
                     f"SELECT rowid, id FROM records WHERE id IN ({_marks(chunk)})", chunk))
             rowids = np.array([rowid_of[r.id] for r in records], dtype=np.int64)
-            _insert_words(connection, keys, rowids)
+            words, owners = _indexed_words([r.words for r in records],
+                                           [r.window_words if r.windows is not None else None
+                                            for r in records],
+                                           [r.windows for r in records], rowids)
+            _insert_words(connection, self._word_keys(words), owners)
         return outcomes
 
     def _remove_words(self, connection, ids):
         """Delete the word rows of the records with these ids (recomputed from their signatures:
         the index is keyed by word, so this is a lookup per word, not a scan)."""
         found = []
+        columns = "rowid, signature" + (", windows" if self.crop_windows else ", NULL")
         for chunk in _chunks(ids, 500):
             found += connection.execute(
-                f"SELECT rowid, signature FROM records WHERE id IN ({_marks(chunk)})", chunk).fetchall()
+                f"SELECT {columns} FROM records WHERE id IN ({_marks(chunk)})", chunk).fetchall()
         if not found:
             return []
-        signatures = unpack_signatures([signature for _, signature in found], self.gis.sig_length)
-        keys = self._word_keys(make_words(signatures, self.k, self.N))
-        connection.executemany("DELETE FROM words WHERE word = ? AND record = ?",
-                               ((int(word), rowid) for (rowid, _), row_keys in zip(found, keys.tolist())
-                                for word in row_keys))
-        return [rowid for rowid, _ in found]
+        signatures = unpack_signatures([signature for _, signature, _ in found], self.gis.sig_length)
+        windows = [self._unpack_windows(packed) for _, _, packed in found]
+        words, owners = _indexed_words(
+            make_words(signatures, self.k, self.N),
+            [None if w is None else make_words(w, self.k, self.N) for w in windows], windows,
+            np.array([rowid for rowid, _, _ in found], dtype=np.int64))
+        pairs = set(zip(self._word_keys(words).ravel().tolist(),
+                        np.repeat(owners, words.shape[1]).tolist()))
+        connection.executemany("DELETE FROM words WHERE word = ? AND record = ?", pairs)
+        return [rowid for rowid, _, _ in found]
+
+    def _unpack_windows(self, packed):
+        if packed is None:
+            return None
+        rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, -(-self.gis.sig_length // 3))
+        return unpack_signatures(rows, self.gis.sig_length)
 
     def _candidates(self, words, size, pre_filter):
         keys = self._word_keys(np.asarray(words, dtype=np.int64))
@@ -255,17 +278,20 @@ class SignatureSQLite(SignatureDatabaseBase):
     def _fetch(self, connection, column, keys):
         """``[(rowid, Record)]`` for the rows whose ``column`` is in ``keys``."""
         rows = []
+        windows = "windows" if self.crop_windows else "NULL"
         for chunk in _chunks(keys, 500):
             rows += connection.execute(
-                f"SELECT rowid, id, path, signature, metadata, timestamp FROM records "
+                f"SELECT rowid, id, path, signature, metadata, timestamp, {windows} FROM records "
                 f"WHERE {column} IN ({_marks(chunk)})", chunk).fetchall()
         if not rows:
             return []
         signatures = unpack_signatures([row[3] for row in rows], self.gis.sig_length)
         return [(rowid, Record(id=record_id, path=path, signature=signature,
                                metadata=None if metadata is None else json.loads(metadata),
-                               timestamp=datetime.fromtimestamp(timestamp, timezone.utc)))
-                for (rowid, record_id, path, _, metadata, timestamp), signature in zip(rows, signatures)]
+                               timestamp=datetime.fromtimestamp(timestamp, timezone.utc),
+                               windows=self._unpack_windows(packed)))
+                for (rowid, record_id, path, _, metadata, timestamp, packed), signature
+                in zip(rows, signatures)]
 
     def _get(self, ids):
         with self._reading() as connection:
@@ -311,8 +337,27 @@ class SignatureSQLite(SignatureDatabaseBase):
                 "records": self.count(), "bytes": size}
 
 
+def _indexed_words(words, window_words, windows, rowids):
+    """``(words, owners)``: the (M', N) words to index for records (each record's own, then its
+    windows' but for featureless windows, whose words every blank patch shares) and the rowid of
+    each row."""
+    rows, owners = [np.asarray(words)], [np.asarray(rowids)]
+    for own_words, window_signatures, rowid in zip(window_words, windows, rowids):
+        if own_words is None or window_signatures is None:
+            continue
+        kept = ~is_featureless(window_signatures)
+        rows.append(np.asarray(own_words)[kept])
+        owners.append(np.full(int(kept.sum()), rowid, dtype=np.int64))
+    return np.concatenate(rows), np.concatenate(owners)
+
+
+def _pack_windows(windows):
+    return None if windows is None else pack_signatures(windows).tobytes()
+
+
 def _insert_words(connection, keys, rowids):
-    """Add the (word, record) rows of records: ``keys`` (M, N) word keys, ``rowids`` (M,).
+    """Add the (word, record) rows of records: ``keys`` (M, N) word keys, ``rowids`` (M,) the
+    record of each row.
 
     In ascending key order, so that the B-tree takes them page by page, and through one
     statement that unpacks them from JSON inside SQLite: an order of magnitude fewer Python calls

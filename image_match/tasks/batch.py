@@ -33,8 +33,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..drivers import open_database
 from ..errors import FetchError, ImageLoadError, ImageMatchError
 from ..fetching import fetch
@@ -51,7 +49,7 @@ class Outcome:
     """What happened to one item in this delivery."""
 
     item: dict
-    signature: np.ndarray = None
+    signed: dict = None  # what the store keeps of the image (SignatureDatabaseBase.sign)
     reason: str = None
     transient: bool = False
     status: int = None
@@ -91,8 +89,8 @@ def ingest(job, database, items, attempt, jobs, send, batch=None):
     except ImageMatchError as error:
         outcomes = [Outcome(item, reason=str(error), transient=_is_transient(error)) for item in items]
     else:
-        outcomes = sign(store.gis, items, deadline=started + config.longest_wait())
-        _store(store, [o for o in outcomes if o.signature is not None])
+        outcomes = sign(store, items, deadline=started + config.longest_wait())
+        _store(store, [o for o in outcomes if o.signed is not None])
 
     done = [o.item["line"] for o in outcomes if o.reason is None and not o.deferred]
     failed = {o.item["line"]: _failure(o, attempt) for o in outcomes if o.reason and not o.transient}
@@ -121,10 +119,10 @@ def ingest(job, database, items, attempt, jobs, send, batch=None):
     return summary
 
 
-def sign(generator, items, deadline):
-    """An ``Outcome`` per item: downloaded by this process's threads, signed in this thread as the
-    downloads arrive, in order. Items whose download had not started by ``deadline``
-    (``time.monotonic()``) are deferred."""
+def sign(store, items, deadline):
+    """An ``Outcome`` per item: downloaded by this process's threads, signed for ``store`` (with
+    its crop windows when it keeps them) in this thread as the downloads arrive, in order. Items
+    whose download had not started by ``deadline`` (``time.monotonic()``) are deferred."""
     def download(item):
         if time.monotonic() > deadline:
             return None
@@ -139,17 +137,17 @@ def sign(generator, items, deadline):
             log.exception("fetching %s", source)
             return error
 
-    return [_sign_one(generator, item, downloaded)
+    return [_sign_one(store, item, downloaded)
             for item, downloaded in zip(items, _executor().map(download, items))]
 
 
-def _sign_one(generator, item, downloaded):
+def _sign_one(store, item, downloaded):
     if downloaded is None:
         return Outcome(item, deferred=True)
     try:
         if isinstance(downloaded, Exception):
             raise downloaded
-        return Outcome(item, signature=generator.generate_signature(downloaded))
+        return Outcome(item, signed=store.sign(downloaded))
     except FetchError as error:
         return Outcome(item, reason=error.reason, transient=error.transient, status=error.status,
                        retry_after=error.retry_after)
@@ -166,7 +164,7 @@ def _store(store, signed):
     """Add the signed outcomes' records in one call; mark each outcome with the store's answer."""
     if not signed:
         return
-    records = [{"path": o.item["source"], "signature": o.signature, "id": o.item.get("id"),
+    records = [{"path": o.item["source"], **o.signed, "id": o.item.get("id"),
                 "metadata": o.item.get("metadata")} for o in signed]
     try:
         results = store.add_signatures(records)
@@ -175,7 +173,7 @@ def _store(store, signed):
     for outcome, result in zip(signed, results):
         if isinstance(result, ImageMatchError):
             outcome.reason, outcome.transient = str(result), _is_transient(result)
-        outcome.signature = None
+        outcome.signed = None
 
 
 def backoff(attempt, retry_after=0.0):
