@@ -35,7 +35,8 @@ Metrics:
   ``search_image`` at the store's cutoff; top-1 is the share of copies of stored originals whose
   first result is their original, false alarms the share of copies of held-out originals that
   return anything.
-- the rule for options (``+crops``, ``+frames``, ``+rot``, ``+insets``, ``+robust``): against
+- the rule for options (``+crops``, ``+frames``, ``+rot``, ``+insets``, ``+corners``,
+  ``+robust``): against
   the method without it, which transformations lose recall (at 1e-3 and at the cutoff 0.40) and
   whether the FPR at the cutoffs rises. Printed after the tables, with the issue's targets.
 - ``--costs`` (on by default for a whole run): what the options cost, measured in the run: bytes
@@ -51,7 +52,8 @@ Methods (columns):
   every 8th original and prints how many differ);
 - ``1.x+crops``: a store with ``crop_windows=True``: each original also stored as its central
   windows (``record_signatures``); ``+frames``, ``+rot``, ``+insets``: searched with
-  ``frames=True``, ``small_rotations=True``, ``insets=True``; ``+robust``: all three
+  ``frames=True``, ``small_rotations=True``, ``insets=True``; ``+corners`` (with crop windows):
+  ``corner_crops=True``; ``+robust``: all of them the store allows, as ``robust=True``
   (``robust=True``); the distance is ``signature_database_base.record_distances``', margins
   included (checked on samples);
 - ``im-1.1.2``: image-match 1.1.2 itself, on the same files;
@@ -87,7 +89,7 @@ from common import (CACHE, corpus_paths, load_image_match_1x,  # noqa: E402
                     machine_line, optional_import, print_table)
 from image_match.goldberg import (CROP_WINDOW_AREAS, INSET_WINDOWS, QUERY_FRAMES,  # noqa: E402
                                   QUERY_MARGIN, WINDOW_MARGIN, ImageSignature, central_window,
-                                  crop_windows, inset_windows, is_featureless,
+                                  corner_crop_windows, crop_windows, inset_windows, is_featureless,
                                   normalized_distance, signature_variants)
 from transforms import TRANSFORMS, encode  # noqa: E402
 
@@ -106,8 +108,9 @@ class Method:
     ``feature`` names what is computed per file (see ``compute_features``); ``orientations``:
     the query counts by its nearest orientation; ``goldberg``: the distance is the normalized
     distance (else the Hamming fraction of a hash). ``windows``: the stored originals keep their
-    crop windows; ``frames``, ``rotations``, ``insets``: the query also counts by its frames, its
-    small rotations, the insets found in it (the search options of the same names).
+    crop windows; ``frames``, ``rotations``, ``insets``, ``corners``: the query also counts by its
+    frames, its small rotations, the insets found in it, its corner crop windows (the search
+    options ``frames``, ``small_rotations``, ``insets``, ``corner_crops``).
     """
 
     name: str
@@ -118,13 +121,15 @@ class Method:
     frames: bool = False
     rotations: bool = False
     insets: bool = False
+    corners: bool = False
 
     @property
     def parts(self):
         """The per-file features of the options, beside ``feature``."""
         return [f"{self.feature} {part}" for part, wanted in
                 (("windows", self.windows), ("frames", self.frames),
-                 ("rotations", self.rotations), ("insets", self.insets)) if wanted]
+                 ("rotations", self.rotations), ("insets", self.insets),
+                 ("corners", self.corners)) if wanted]
 
     @property
     def query_parts(self):
@@ -158,10 +163,11 @@ METHODS = {m.name: m for m in (
     Method("1.x+rot", "1.x draft", rotations=True),
     Method("1.x+insets", "1.x draft", insets=True),
     Method("1.x+robust", "1.x draft", frames=True, rotations=True, insets=True),
+    Method("1.x+crops+corners", "1.x draft", windows=True, corners=True),
     Method("1.x+crops+robust", "1.x draft", windows=True, frames=True, rotations=True,
-           insets=True),
+           insets=True, corners=True),
     Method("1.x+crops+robust+o", "1.x draft", orientations=True, windows=True, frames=True,
-           rotations=True, insets=True),
+           rotations=True, insets=True, corners=True),
 )}
 #: Our methods with options, judged by the rule against their ``base``.
 OPTION_METHODS = [name for name, m in METHODS.items() if m.parts]
@@ -299,8 +305,8 @@ def compute_features(task):
 def _option_features(path, draft, mode, parts, features, errors):
     """The signatures the store options add, from one decode of ``path``: ``"<feature> windows"``
     (the crop windows, (W, L)), ``"<feature> frames"`` (F, L), ``"<feature> rotations"`` (R, L)
-    and ``"<feature> insets"`` (2, L, zeros for rectangles not found), in the order
-    ``record_signatures`` and ``query_signatures`` give them."""
+    ``"<feature> insets"`` (2, L, zeros for rectangles not found) and ``"<feature> corners"`` (4,
+    L), in the order ``record_signatures`` and ``query_signatures`` give them."""
     for variant in ("1.x", "paper"):
         wanted = [part.rsplit(" ", 1)[1] for part in parts
                   if part.startswith(f"{variant} {mode} ")]
@@ -321,6 +327,9 @@ def _option_features(path, draft, mode, parts, features, errors):
                 found = generator.windows_of_grey(grey, shape, inset_windows(grey))
                 features[f"{variant} {mode} insets"] = np.concatenate(
                     [found, np.zeros((INSET_WINDOWS - len(found), found.shape[1]), np.int8)])
+            if "corners" in wanted:
+                features[f"{variant} {mode} corners"] = generator.windows_of_grey(
+                    grey, shape, corner_crop_windows(min(CROP_WINDOW_AREAS)))
         except Exception as error:  # noqa: BLE001 - a method failing on a file is a result
             for part in wanted:
                 errors[f"{variant} {mode} {part}"] = f"{type(error).__name__}: {error}"
@@ -683,6 +692,7 @@ COST_SEARCHES = (  # (label, crop windows in the store, search_image options)
     ("insets", False, {"insets": True}),
     ("robust", False, {"robust": True}),
     ("crop windows store", True, {}),
+    ("crop windows store, corner_crops", True, {"corner_crops": True}),
     ("crop windows store, robust", True, {"robust": True}),
     ("crop windows store, robust, all_orientations", True, {"robust": True,
                                                             "all_orientations": True}),
@@ -739,7 +749,7 @@ def measure_costs(files, table, seed, out):
             store = stores[crops]
             seconds = time_per_item(lambda path: store.search_image(str(path), **options), sample)
             signing = time_per_item(lambda path: store.gis.query_signatures(
-                path, **_signing_options(options)), sample)
+                path, **store.query_options(**options)), sample)
             rows.append([label, f"{1000 * seconds:.1f}", f"{1000 * signing:.1f}",
                          f"{1000 * (seconds - signing):.1f}"])
         for store in stores.values():
@@ -748,14 +758,6 @@ def measure_costs(files, table, seed, out):
          f"{len(sample)} copies; decoding alone {1000 * decode_only:.1f} ms) in a SQLite store of "
          f"the {files.count_originals} originals, in one process",
          ["search", "ms per search", "of which signing", "of which the store"], rows)
-
-
-def _signing_options(options):
-    robust = options.get("robust", False)
-    return {"orientations": options.get("all_orientations", False),
-            "frames": robust or options.get("frames", False),
-            "small_rotations": robust or options.get("small_rotations", False),
-            "insets": robust or options.get("insets", False)}
 
 
 def _file_bytes(store):
@@ -783,7 +785,8 @@ _search_state = {}
 def search_options(method):
     """``search_image``'s options for a method."""
     return {"all_orientations": method.orientations, "frames": method.frames,
-            "small_rotations": method.rotations, "insets": method.insets}
+            "small_rotations": method.rotations, "insets": method.insets,
+            "corner_crops": method.corners}
 
 
 def _init_search(url, variant, draft, options):

@@ -166,11 +166,16 @@ def db_option(function):
 
 
 def query_options(function):
-    """``--frames``, ``--small-rotations``, ``--insets`` and ``--robust``: what a search also signs
-    of a query."""
+    """``--frames``, ``--small-rotations``, ``--insets``, ``--corner-crops`` and ``--robust``: what
+    a search also signs of a query."""
     function = click.option(
         "--robust", is_flag=True,
-        help="All of --frames, --small-rotations and --insets.")(function)
+        help="All of --frames, --small-rotations, --insets and, in a store with crop windows, "
+             "--corner-crops.")(function)
+    function = click.option(
+        "--corner-crops", is_flag=True,
+        help="In a store made with crop windows: also find copies cropped at a corner (about a "
+             "tenth of each side cut away).")(function)
     function = click.option(
         "--insets", is_flag=True,
         help="Also find copies pasted into a larger picture, a collage or a screenshot (the "

@@ -69,8 +69,8 @@ _EXIF_ORIENTATION = 274
 @output_options
 @click.pass_obj
 def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientations, crop_windows,
-           frames, small_rotations, insets, robust, output_format, in_store, workers, db_url,
-           as_json):
+           frames, small_rotations, insets, corner_crops, robust, output_format, in_store, workers,
+           db_url, as_json):
     """Find groups of near-duplicate images, keep one of each, report (or move, or delete) the others.
 
     DIR is a folder (searched recursively; hidden files skipped), an image file or a glob. With
@@ -84,16 +84,16 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
     the kept member and "action" one of keep, duplicate (report only), moved, deleted, skipped,
     failed. Exits 1 when an image could not be read or a file could not be moved or deleted.
 
-    --frames, --small-rotations, --insets and --robust sign parts or turned copies of each image
-    too (a second decode of every image), so they need DIRs: a store keeps no images.
+    --frames, --small-rotations, --insets, --corner-crops and --robust sign parts or turned copies
+    of each image too (a second decode of every image), so they need DIRs: a store keeps no images.
     """
     if move_to and delete_files:
         usage_error("dedupe takes --move DEST or --delete, not both")
-    query = {"frames": frames or robust, "small_rotations": small_rotations or robust,
-             "insets": insets or robust}
+    query = {"frames": frames, "small_rotations": small_rotations, "insets": insets,
+             "corner_crops": corner_crops, "robust": robust}
     if any(query.values()) and not dirs:
-        usage_error("--frames, --small-rotations, --insets and --robust need DIRs (a store keeps "
-                    "no images to sign them from)")
+        usage_error("--frames, --small-rotations, --insets, --corner-crops and --robust need DIRs "
+                    "(a store keeps no images to sign them from)")
     store_options = {"crop_windows": True} if crop_windows else {}
     if delete_files and not yes and not can_ask():
         usage_error("dedupe --delete needs --yes when it cannot ask (no terminal)")
@@ -128,11 +128,12 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
             paths = [path for path, _ in found]
             roots = dict(found)
         try:
+            options = db.query_options(**query)  # refused before any work, not after
             outcomes = add_files(state, db, paths, workers=workers, label="signing")
             unreadable = [error for _, _, status, error in outcomes if status == "failed"]
             for error in unreadable:
                 click.echo(f"skipped: {error}", err=True)
-            queries = (_query_signatures(state, db, outcomes, query, workers)
+            queries = (_query_signatures(state, db, outcomes, options, workers)
                        if any(query.values()) else None)
             groups = _find_groups(db, cutoff, all_orientations, queries)
             if in_store:
@@ -152,8 +153,9 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
 # --- finding the groups -------------------------------------------------------------------------
 
 def _query_signatures(state, db, outcomes, options, workers):
-    """``{record id: (signatures, margins)}``: the frames, turned copies and insets of each added
-    image (without its whole signature, which the store holds), for ``find_duplicates``."""
+    """``{record id: (signatures, margins)}``: the frames, turned copies, insets and corner crop
+    windows of each added image (without its whole signature, which the store holds), for
+    ``find_duplicates``."""
     added = [(path, record_id) for path, record_id, status, _ in outcomes if record_id]
     if workers is None and len(added) < 32:
         workers = 1

@@ -181,7 +181,7 @@ def add(state, paths, metadata, id_from, workers, db_url, as_json):
 @output_options
 @click.pass_obj
 def search(state, images, top, cutoff, all_orientations, filters, frames, small_rotations, insets,
-           robust, workers, db_url, as_json):
+           corner_crops, robust, workers, db_url, as_json):
     """The stored copies of each IMAGE (a path or an http(s) URL), closest first.
 
     Prints a table, or with --json one object per image: {"image", "matches": [{"id", "path",
@@ -193,8 +193,8 @@ def search(state, images, top, cutoff, all_orientations, filters, frames, small_
     db = open_store(db_url)
     results = db.search_images(images, all_orientations=all_orientations, pre_filter=pre_filter,
                                size=max(db.size, top), distance_cutoff=cutoff, frames=frames,
-                               small_rotations=small_rotations, insets=insets, robust=robust,
-                               workers=workers)
+                               small_rotations=small_rotations, insets=insets,
+                               corner_crops=corner_crops, robust=robust, workers=workers)
     failed = 0
     for image, matches in zip(images, results):
         if isinstance(matches, ImageMatchError):

@@ -33,18 +33,18 @@ the original values. Signatures of different variants must not be compared with 
 Windows and small rotations
 ---------------------------
 Crops, bars added around a picture and small rotations move every grid point, so the signature of
-such a copy is far from the original's. Signing *parts* of an image finds them again:
-``window_of`` cuts a fractional window out of a decoded grey array (keeping the original-size
-semantics of a draft decode) and ``rotate_grey`` turns it by a few degrees. A store with
-``crop_windows`` keeps the signatures of each image's central windows (``CROP_WINDOW_AREAS``) beside
-its own, so that a copy cropped to its centre compares with the window of the same extent; a search
-with ``frames`` also signs the query's central frames (``QUERY_FRAMES``: its middle without caption
-bars, letterbox bars or a border), with ``small_rotations`` the query turned back by
-``SMALL_ROTATIONS`` degrees, and with ``insets`` the rectangles bounded by long straight edges that
-``inset_windows`` finds (a picture pasted into a larger one). ``ImageSignature.record_signatures`` and ``query_signatures`` make those
-sets from one decode, ``query_margins`` says what each of a query's signatures adds to a distance
-(``WINDOW_MARGIN``, ``QUERY_MARGIN``). The windows, frames, angles and margins were chosen on the dev
-corpus by ``benchmarks/accuracy.py`` (README.rst, "Crops, bars and rotations").
+such a copy is far from the original's. Signing *parts* of an image finds them again: ``window_of``
+cuts a fractional window out of a decoded grey array (keeping the original-size semantics of a
+draft decode) and ``rotate_grey`` turns it by a few degrees. A store with ``crop_windows`` keeps
+the signatures of each image's central windows (``CROP_WINDOW_AREAS``) beside its own, so that a
+copy cropped to its centre compares with the window of the same extent; a search with ``frames``
+also signs the query's central frames (``QUERY_FRAMES``: its middle without caption bars, letterbox
+bars or a border), with ``small_rotations`` the query turned back by ``SMALL_ROTATIONS`` degrees,
+and with ``insets`` the rectangles bounded by long straight edges that ``inset_windows`` finds (a
+picture pasted into a larger one). ``ImageSignature.record_signatures`` and ``query_signatures``
+make those sets from one decode, ``query_margins`` says what each of a query's signatures adds to a
+distance (``WINDOW_MARGIN``, ``QUERY_MARGIN``). The windows, frames, angles and margins were chosen
+on the dev corpus by ``benchmarks/accuracy.py`` (README.rst, "Crops, bars, rotations and insets").
 
 A signature with every value 0 comes from a featureless image (blank, or uniform enough that no
 neighbour difference passes ``identical_tolerance``). ``is_featureless`` tells; such a signature is
@@ -76,6 +76,10 @@ QUERY_FRAMES = ((0.74, 1.0), (0.80, 1.0), (0.86, 0.86))
 SMALL_ROTATIONS = (-5.0, 5.0, -10.0, 10.0, -15.0, 15.0)
 #: At most this many rectangles ``inset_windows`` finds, which a search with ``insets=True`` signs.
 INSET_WINDOWS = 2
+#: The share of each side a copy cropped at a corner keeps, for which a search with
+#: ``corner_crops`` signs the query's windows showing the original's smallest central window
+#: (``corner_crop_windows``): 0.894, 80% of the area; copies keeping 85-95% come within reach.
+CORNER_CROP_SIDE = 0.894
 #: What a match through a stored window adds to its distance, and what one through a query's
 #: frame, rotation or inset adds: they compare part of a picture, and parts of different pictures
 #: look alike more often than wholes, so such a match must be closer to count. With these, the
@@ -502,10 +506,33 @@ def rotate_grey(grey, degrees):
     return np.clip(turned, min(float(grey.min()), 0.0), float(grey.max()))
 
 
-def query_margins(orientations=False, frames=False, small_rotations=False, insets=False):
+def corner_crop_windows(area=min(CROP_WINDOW_AREAS), side=CORNER_CROP_SIDE):
+    """Where a copy cropped at a corner shows its original's central window.
+
+    A store with crop windows keeps each image's central window of ``area``; a copy that kept
+    ``side`` of the original's height and width from one corner holds that window whole, off its
+    own centre. These are the 4 windows of the copy (the crop at the top left, top right, bottom
+    left, bottom right) that show it, so that the copy compares with the stored window.
+
+    Returns
+    -------
+    list of (top, bottom, left, right)
+        Fractions of the copy's height and width, as ``window_of`` takes them.
+    """
+    half = float(np.sqrt(area)) / 2
+    if not 0 < area < 1 or not 0.5 + half <= side < 1:
+        raise InvalidParameterError(f"corner crops keeping {side!r} of each side do not hold the "
+                                    f"central window of area {area!r}")
+    kept_start = ((0.5 - half) / side, (0.5 + half) / side)  # the copy starts where it did
+    kept_end = ((0.5 - half - (1 - side)) / side, (0.5 + half - (1 - side)) / side)
+    return [(*rows, *columns) for rows in (kept_start, kept_end) for columns in (kept_start, kept_end)]
+
+
+def query_margins(orientations=False, frames=False, small_rotations=False, insets=False,
+                  corner_crops=False):
     """What each row of ``ImageSignature.query_signatures`` (with the same options) adds to its
-    distances: 0 for the image and its orientations, ``QUERY_MARGIN`` for frames, rotations and
-    insets.
+    distances: 0 for the image and its orientations, ``QUERY_MARGIN`` for frames, rotations,
+    insets and corner crop windows.
 
     Returns
     -------
@@ -513,7 +540,7 @@ def query_margins(orientations=False, frames=False, small_rotations=False, inset
     """
     whole = 8 if orientations else 1
     parts = ((len(QUERY_FRAMES) if frames else 0) + (len(SMALL_ROTATIONS) if small_rotations else 0)
-             + (INSET_WINDOWS if insets else 0))
+             + (INSET_WINDOWS if insets else 0) + (4 if corner_crops else 0))
     return np.concatenate([np.zeros(whole), np.full(parts, QUERY_MARGIN)])
 
 
@@ -524,12 +551,12 @@ def inset_windows(grey, count=INSET_WINDOWS):
     An edge is a grey step across a row (column) boundary that is among the image's 30% largest
     steps and larger than the steps one pixel to either side. A candidate side is a boundary with
     edges along at least half of some stretch of 30% of the width (height), the 16 best of each
-    direction; the image's own borders are candidates too. A rectangle of candidate sides scores the share of its length
-    (the sides on the image's border left out) that runs along edges; those scoring at least 0.7,
-    each side at least 0.4, with sides of at least 20% of the image's, at most 85% of its area and
-    at most one side on its border, are ranked by score plus 0.6 times their share of the area
-    (less 0.5 when a side is on the border), the best ``count`` of them kept. Chosen on the dev
-    corpus's inset copies (benchmarks/accuracy.py, ``insets``).
+    direction; the image's own borders are candidates too. A rectangle of candidate sides scores
+    the share of its length (the sides on the image's border left out) that runs along edges; those
+    scoring at least 0.7, each side at least 0.4, with sides of at least 20% of the image's, at
+    most 85% of its area and at most one side on its border, are ranked by score plus 0.6 times
+    their share of the area (less 0.5 when a side is on the border), the best ``count`` of them
+    kept. Chosen on the dev corpus's inset copies (benchmarks/accuracy.py, ``insets``).
 
     Parameters
     ----------
@@ -906,7 +933,7 @@ class ImageSignature:
                                self.windows_of_grey(grey, shape, crop_windows(areas))])
 
     def query_signatures(self, image, bytestream=False, orientations=False, frames=False,
-                         small_rotations=False, insets=False):
+                         small_rotations=False, insets=False, corner_crops=False):
         """The signatures a search compares for one image, from one decode.
 
         Parameters
@@ -921,12 +948,17 @@ class ImageSignature:
         insets : bool
             Add the rectangles ``inset_windows`` finds: a picture pasted into this one. Always
             ``INSET_WINDOWS`` rows, all zero (featureless: never searched) for those not found.
+        corner_crops : bool or float
+            Add the 4 ``corner_crop_windows``: where this image, were it a copy cropped at a
+            corner, would show its original's central window of half the area, or of the area
+            given (the smallest crop window of the store searched).
 
         Returns
         -------
         (Q, sig_length) int8 ndarray
             The signature first, then the orientations (``DIHEDRAL_NAMES`` order), the frames,
-            the rotations and the insets asked for: Q = 1 + 7 + 3 + 6 + 2 with everything.
+            the rotations, the insets and the corner crop windows asked for: Q = 1 + 7 + 3 + 6 +
+            2 + 4 with everything.
             ``query_margins`` with the same options gives the margin of each row.
         """
         grey, shape = self.decode(image, bytestream=bytestream)
@@ -943,6 +975,9 @@ class ImageSignature:
             found = self.windows_of_grey(grey, shape, inset_windows(grey))
             parts.append(np.concatenate(
                 [found, np.zeros((INSET_WINDOWS - len(found), self.sig_length), np.int8)]))
+        if corner_crops:
+            area = min(CROP_WINDOW_AREAS) if corner_crops is True else float(corner_crops)
+            parts.append(self.windows_of_grey(grey, shape, corner_crop_windows(area)))
         return np.concatenate(parts)
 
     def generate_signatures(self, inputs, workers=None, chunksize=16):

@@ -32,7 +32,9 @@ is found (about 2.6 times the index). A search may add signatures of the query: 
 its central frames (copies with caption bars, letterbox bars or a border added),
 ``small_rotations=True`` the query turned by 5, 10 and 15 degrees each way (copies turned by up to
 about 15 degrees), ``insets=True`` the rectangles bounded by long straight edges in it (a copy
-pasted into a larger picture); ``robust=True`` turns on all three. A record's distance to a query
+pasted into a larger picture), and in a store with crop windows ``corner_crops=True`` the query's
+windows that would show the original's central window were the query cropped at a corner;
+``robust=True`` turns on all that the store allows. A record's distance to a query
 is the smallest over the query's signatures and the record's, a match through a part of a picture
 counting with a margin; the engine is still asked once per search. benchmarks/accuracy.py
 measures each option.
@@ -50,8 +52,8 @@ from operator import itemgetter
 import numpy as np
 
 from .errors import DatabaseError, ImageMatchError, InvalidParameterError, RecordNotFoundError
-from .goldberg import (CROP_WINDOW_AREAS, WINDOW_MARGIN, ImageSignature, is_featureless,
-                       map_signing, query_margins, signature_variants)
+from .goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, WINDOW_MARGIN, ImageSignature,
+                       is_featureless, map_signing, query_margins, signature_variants)
 from .goldberg import normalized_distance as _normalized_distance
 from .loading import describe
 from .records import Record, check_metadata, default_id, normalize_filter, now
@@ -338,6 +340,24 @@ class SignatureDatabaseBase:
         return map_signing(functools.partial(_store_fields, self.gis, self.crop_windows), images,
                            workers, chunksize)
 
+    def query_options(self, all_orientations=False, frames=False, small_rotations=False,
+                      insets=False, corner_crops=False, robust=False):
+        """``ImageSignature.query_signatures``' options for a search's (``robust``: frames,
+        small rotations, insets and, in a store whose crop windows allow them, corner crops).
+
+        Raises InvalidParameterError for ``corner_crops`` in a store without a crop window they
+        can show (one of at most 62% of the area, as ``crop_windows=True``'s 50%).
+        """
+        area = min(self.crop_windows, default=None)
+        usable = area is not None and 0.5 + np.sqrt(area) / 2 <= CORNER_CROP_SIDE
+        if corner_crops and not usable:
+            raise InvalidParameterError(
+                f"{self.location}: corner_crops needs a store made with crop windows (of at most "
+                f"62% of the area; this one has {list(self.crop_windows) or 'none'})")
+        return {"orientations": bool(all_orientations), "frames": bool(frames or robust),
+                "small_rotations": bool(small_rotations or robust), "insets": bool(insets or robust),
+                "corner_crops": area if usable and (corner_crops or robust) else False}
+
     def refresh(self):
         """Make what was added searchable now (engines refresh periodically on their own)."""
 
@@ -345,7 +365,7 @@ class SignatureDatabaseBase:
 
     def search_image(self, path, all_orientations=False, bytestream=False, pre_filter=None,
                      size=None, distance_cutoff=None, frames=False, small_rotations=False,
-                     insets=False, robust=False):
+                     insets=False, corner_crops=False, robust=False):
         """The stored images that are the same picture as ``path``.
 
         Parameters
@@ -375,10 +395,14 @@ class SignatureDatabaseBase:
             Also find copies pasted into a larger picture (a collage, a screenshot): the
             rectangles bounded by long straight edges in the query (``goldberg.inset_windows``)
             are searched too (up to 2 more signatures).
+        corner_crops : bool
+            In a store with crop windows: also find copies cropped at a corner (about a tenth of
+            each side cut away): the query's windows that would show the original's stored
+            central window are searched too (4 more signatures, ``goldberg.corner_crop_windows``).
         robust : bool
-            All three of the above.
+            All of the above that the store allows (corner crops need crop windows).
 
-        All the signatures of a search (its orientations, frames, rotations and insets) go to
+        All the signatures of a search (its orientations, frames, rotations, insets...) go to
         the engine in one round trip; a record's distance is its smallest to any of them. In a
         store with crop windows a record's windows take part as well, whatever the options. A
         match through a frame, rotation or inset counts at its distance plus
@@ -392,14 +416,15 @@ class SignatureDatabaseBase:
             ``{"id", "path", "dist", "score", "metadata"}`` per match, sorted by distance, each id
             once.
         """
-        options = _query_options(all_orientations, frames, small_rotations, insets, robust)
+        options = self.query_options(all_orientations, frames, small_rotations, insets,
+                                     corner_crops, robust)
         signatures = self.gis.query_signatures(path, bytestream, **options)
         return self._search_signatures([(signatures, query_margins(**options))], pre_filter, size,
                                        distance_cutoff)[0]
 
     def search_images(self, images, all_orientations=False, pre_filter=None, size=None,
                       distance_cutoff=None, workers=1, frames=False, small_rotations=False,
-                      insets=False, robust=False):
+                      insets=False, corner_crops=False, robust=False):
         """Search many images, with one engine round trip for all of them.
 
         Parameters are those of ``search_image``, and ``workers``: processes signing the images.
@@ -412,7 +437,8 @@ class SignatureDatabaseBase:
         """
         images = list(images)
         queries, positions, results = [], [], [None] * len(images)
-        options = _query_options(all_orientations, frames, small_rotations, insets, robust)
+        options = self.query_options(all_orientations, frames, small_rotations, insets,
+                                     corner_crops, robust)
         signed = map_signing(functools.partial(self.gis.query_signatures, **options), images,
                              workers)
         margins = query_margins(**options)
@@ -716,12 +742,6 @@ def _check_crop_windows(value):
         raise InvalidParameterError(
             f"crop_windows={value!r}: must be True, False, None or a sequence of areas in (0, 1)")
     return areas
-
-
-def _query_options(all_orientations, frames, small_rotations, insets, robust):
-    """``ImageSignature.query_signatures``' options for a search's."""
-    return {"orientations": bool(all_orientations), "frames": bool(frames or robust),
-            "small_rotations": bool(small_rotations or robust), "insets": bool(insets or robust)}
 
 
 def _store_fields(gis, areas, image, bytestream=False):

@@ -3,7 +3,9 @@
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from http_server import http_server  # noqa: F401  (pytest puts tests/ on sys.path)
 
@@ -17,6 +19,31 @@ SHARED_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corp
 def photos():
     """The JPEG photographs shipped in tests/data."""
     return sorted(p for p in DATA.glob("p*.jpg"))
+
+
+def rgb(path=PHOTO):
+    """A photograph, decoded to RGB."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def central_crop(image, area):
+    """The centred crop of a PIL image keeping ``area`` (0-1) of it, with its aspect ratio."""
+    side = np.sqrt(area)
+    width, height = round(image.width * side), round(image.height * side)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def corner_crop(image, area, corner):
+    """The crop keeping ``area`` of a PIL image, with its aspect ratio, at a corner such as
+    ``"bottom-right"``."""
+    side = np.sqrt(area)
+    width, height = round(image.width * side), round(image.height * side)
+    vertical, horizontal = corner.split("-")
+    left = image.width - width if horizontal == "right" else 0
+    top = image.height - height if vertical == "bottom" else 0
+    return image.crop((left, top, left + width, top + height))
 
 
 def jpeg_bytes(image, quality=90):

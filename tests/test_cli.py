@@ -14,7 +14,7 @@ from image_match.cli import main
 from image_match.drivers import open_database
 from image_match.records import content_id, default_id
 
-from conftest import PHOTO, photos
+from conftest import PHOTO, central_crop, corner_crop, photos, rgb
 
 CLOSED_PORT_URL = "http://127.0.0.1:9/images"  # the discard port: nothing listens
 
@@ -437,13 +437,13 @@ def test_celery_commands_are_wired_when_their_module_is_there():
 
 def _hard_copies(folder):
     """A central half crop, a captioned and a turned copy of three photos, in ``folder``."""
-    from test_store_behaviour import _rgb, captioned, central_crop
+    from test_store_behaviour import captioned
 
     chosen = [photos()[i] for i in (2, 4, 5)]
     folder.mkdir()
-    central_crop(_rgb(chosen[0]), 0.5).save(folder / "half.jpg", quality=92)
-    captioned(_rgb(chosen[1])).save(folder / "meme.jpg", quality=92)
-    _rgb(chosen[2]).rotate(12, resample=Image.Resampling.BICUBIC).save(folder / "turned.jpg",
+    central_crop(rgb(chosen[0]), 0.5).save(folder / "half.jpg", quality=92)
+    captioned(rgb(chosen[1])).save(folder / "meme.jpg", quality=92)
+    rgb(chosen[2]).rotate(12, resample=Image.Resampling.BICUBIC).save(folder / "turned.jpg",
                                                                        quality=92)
     return chosen
 
@@ -463,6 +463,17 @@ def test_init_with_crop_windows_then_search_robustly(db, tmp_path):
     assert [r["matches"][0]["path"] for r in robust] == [str(p) for p in chosen]
     assert lines(run("search", "--json", "--frames", copies[1]))[0]["matches"]
     assert lines(run("search", "--json", "--small-rotations", copies[2]))[0]["matches"]
+    corner = tmp_path / "copies" / "corner.jpg"
+    corner_crop(rgb(chosen[1]), 0.8, "bottom-right").save(corner, quality=92)
+    assert not lines(run("search", "--json", corner))[0]["matches"]
+    found = lines(run("search", "--json", "--corner-crops", corner))[0]["matches"]
+    assert found and found[0]["path"] == str(chosen[1])
+
+
+def test_corner_crops_need_a_store_with_crop_windows(db):
+    assert run("add", PHOTO).exit_code == 0
+    result = run("search", "--corner-crops", PHOTO)
+    assert result.exit_code == 2 and "corner_crops needs a store made with crop" in only_line(result)
 
 
 def test_crop_windows_are_chosen_at_creation(db):

@@ -10,15 +10,16 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from image_match.errors import ImageLoadError, InvalidParameterError
-from image_match.goldberg import (CROP_WINDOW_AREAS, DIHEDRAL_NAMES, QUERY_FRAMES, QUERY_MARGIN,
-                                  SMALL_ROTATIONS, ImageSignature, central_window, crop_window,
-                                  crop_windows, grid_points, is_featureless, map_signing,
+from image_match.goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, DIHEDRAL_NAMES,
+                                  QUERY_FRAMES, QUERY_MARGIN, SMALL_ROTATIONS, ImageSignature,
+                                  central_window, corner_crop_windows, crop_window, crop_windows,
+                                  grid_points, is_featureless, map_signing,
                                   normalized_distance, percentiles_of_sorted, quantize_differences,
                                   query_margins, rotate_grey, signature_from_grey,
                                   signature_variants, window_of)
 from image_match.loading import load_grey
 
-from conftest import DATA, PHOTO, SHARED_CORPUS, jpeg_bytes, photos, png_bytes
+from conftest import DATA, PHOTO, SHARED_CORPUS, central_crop, jpeg_bytes, photos, png_bytes, rgb
 
 EXACT = ImageSignature(draft=False)
 
@@ -287,18 +288,6 @@ def test_signature_of_pil_image_equals_file():
 
 # --- windows, frames and small rotations -------------------------------------------------------
 
-def _rgb(path=PHOTO):
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def _central_crop(image, area):
-    side = np.sqrt(area)
-    width, height = round(image.width * side), round(image.height * side)
-    left, top = (image.width - width) // 2, (image.height - height) // 2
-    return image.crop((left, top, left + width, top + height))
-
-
 def test_central_windows_are_fractions():
     assert central_window(0.5) == (0.25, 0.75, 0.25, 0.75)
     assert central_window(0.8, 1.0) == pytest.approx((0.1, 0.9, 0.0, 1.0))
@@ -341,9 +330,9 @@ def test_a_central_crop_is_near_its_window_and_far_from_the_whole(draft):
     assert stored.shape == (1 + len(CROP_WINDOW_AREAS), 648) and stored.dtype == np.int8
     np.testing.assert_array_equal(stored[0], generator.generate_signature(PHOTO))
     for row, area in enumerate(CROP_WINDOW_AREAS, 1):
-        crop = generator.generate_signature(png_bytes(_central_crop(_rgb(), area)))
+        crop = generator.generate_signature(png_bytes(central_crop(rgb(), area)))
         assert normalized_distance(crop, stored[row]) < 0.15, area
-    half = generator.generate_signature(png_bytes(_central_crop(_rgb(), 0.5)))
+    half = generator.generate_signature(png_bytes(central_crop(rgb(), 0.5)))
     assert normalized_distance(half, stored[0]) > 0.45
 
 
@@ -362,7 +351,7 @@ def test_rotate_grey_keeps_size_and_scale():
 def test_a_turned_copy_is_found_by_turning_the_query_back(angle):
     generator = ImageSignature()
     stored = generator.generate_signature(PHOTO)
-    copy = jpeg_bytes(_rgb().rotate(angle, resample=Image.Resampling.BICUBIC), quality=95)
+    copy = jpeg_bytes(rgb().rotate(angle, resample=Image.Resampling.BICUBIC), quality=95)
     assert normalized_distance(generator.generate_signature(copy), stored) > 0.4
     turned = generator.rotations_of_grey(*generator.decode(copy))
     assert turned.shape == (len(SMALL_ROTATIONS), 648)
@@ -371,7 +360,7 @@ def test_a_turned_copy_is_found_by_turning_the_query_back(angle):
 
 def test_a_captioned_copy_is_found_by_a_frame():
     generator = ImageSignature()
-    image = _rgb()
+    image = rgb()
     bar = round(0.18 * image.height)
     captioned = Image.new("RGB", (image.width, image.height + 2 * bar), "white")
     captioned.paste(image, (0, bar))
@@ -396,11 +385,34 @@ def test_query_signatures_from_one_decode_and_their_margins():
         generator.windows_of_grey(grey, shape, [central_window(*f) for f in QUERY_FRAMES]))
     np.testing.assert_array_equal(everything[8 + frames:], generator.rotations_of_grey(grey, shape))
     for options in ({}, {"frames": True}, {"small_rotations": True}, {"orientations": True},
+                    {"corner_crops": True},
                     {"orientations": True, "frames": True, "small_rotations": True}):
         margins = query_margins(**options)
         assert margins.shape == (len(generator.query_signatures(PHOTO, **options)),)
         whole = 8 if options.get("orientations") else 1
         assert not margins[:whole].any() and np.all(margins[whole:] == QUERY_MARGIN)
+
+
+def test_corner_crop_windows_show_the_originals_central_window():
+    original = np.arange(1000 * 1000, dtype=np.float64).reshape(1000, 1000)
+    kept = round(1000 * CORNER_CROP_SIDE)
+    central, _ = window_of(original, central_window(np.sqrt(min(CROP_WINDOW_AREAS))))
+    copies = [original[:kept, :kept], original[:kept, -kept:],
+              original[-kept:, :kept], original[-kept:, -kept:]]
+    for copy, window in zip(copies, corner_crop_windows()):
+        shown, _ = window_of(copy, window)
+        # The same pixels, to a pixel's rounding at each side.
+        assert abs(shown.shape[0] - central.shape[0]) <= 1
+        assert abs(shown.shape[1] - central.shape[1]) <= 1
+        assert abs(shown[0, 0] - central[0, 0]) <= 1001 and abs(shown[-1, -1] - central[-1, -1]) <= 1001
+    # A copy signs its 4 windows after everything else it is asked for.
+    generator = ImageSignature()
+    grey, shape = generator.decode(PHOTO)
+    signed = generator.query_signatures(PHOTO, frames=True, corner_crops=True)
+    np.testing.assert_array_equal(signed[-4:],
+                                  generator.windows_of_grey(grey, shape, corner_crop_windows()))
+    with pytest.raises(InvalidParameterError, match="do not hold the central window"):
+        corner_crop_windows(area=0.75)
 
 
 def test_map_signing_takes_any_signing_function(tmp_path):
@@ -429,7 +441,7 @@ def _inset(picture, background, scale=0.6, at=(0.25, 0.1)):
 def test_inset_windows_finds_a_pasted_picture():
     from image_match.goldberg import INSET_WINDOWS, inset_windows
 
-    collage, truth = _inset(_rgb(PHOTO), _rgb(photos()[5]))
+    collage, truth = _inset(rgb(PHOTO), rgb(photos()[5]))
     generator = ImageSignature()
     grey, shape = generator.decode(jpeg_bytes(collage, quality=95))
     found = inset_windows(grey)
@@ -447,7 +459,7 @@ def test_query_insets_are_padded_to_a_fixed_count():
     generator = ImageSignature()
     blank = generator.query_signatures(np.full((120, 160), 0.5), insets=True)
     assert blank.shape == (1 + INSET_WINDOWS, 648) and not blank[1:].any()
-    collage, _ = _inset(_rgb(PHOTO), _rgb(photos()[5]))
+    collage, _ = _inset(rgb(PHOTO), rgb(photos()[5]))
     signed = generator.query_signatures(jpeg_bytes(collage), insets=True, frames=True)
     assert signed.shape == (1 + len(QUERY_FRAMES) + INSET_WINDOWS, 648)
     assert len(query_margins(insets=True, frames=True)) == len(signed)

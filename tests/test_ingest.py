@@ -301,6 +301,8 @@ def test_celery_configuration_is_read_from_the_environment(monkeypatch):
     assert conf["broker_transport_options"]["visibility_timeout"] == 45
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 2)
+    assert config.celery_config()["worker_concurrency"] == 3  # a spare process for the waits
     monkeypatch.setenv("IMAGE_MATCH_INGEST_THREADS", "0")
     with pytest.raises(ValueError, match="IMAGE_MATCH_INGEST_THREADS='0': must be at least 1"):
         settings.get("INGEST_THREADS")

@@ -17,7 +17,7 @@ from image_match.errors import DatabaseError, ImageLoadError, InvalidParameterEr
 from image_match.goldberg import ImageSignature
 from image_match.records import default_id
 
-from conftest import PHOTO, photos
+from conftest import PHOTO, central_crop, corner_crop, photos, rgb
 
 STORES = [
     "sqlite",
@@ -56,17 +56,16 @@ def encoded(image, fmt="JPEG", **options):
 
 def copies(path):
     """Transformed copies of a photo that must still be found."""
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-    w, h = rgb.size
-    marked = rgb.copy()
+    colour = rgb(path)
+    w, h = colour.size
+    marked = colour.copy()
     ImageDraw.Draw(marked).text((w // 20, h - h // 8), "(c) someone else 2026", fill="white")
     return {
-        "resized": encoded(rgb.resize((w // 2, h // 2), Image.LANCZOS)),
-        "recompressed": encoded(rgb, quality=30),
-        "cropped": encoded(rgb.crop((w // 40, h // 40, w - w // 40, h - h // 40))),
+        "resized": encoded(colour.resize((w // 2, h // 2), Image.LANCZOS)),
+        "recompressed": encoded(colour, quality=30),
+        "cropped": encoded(colour.crop((w // 40, h // 40, w - w // 40, h - h // 40))),
         "watermarked": encoded(marked),
-        "png": encoded(rgb, "PNG"),
+        "png": encoded(colour, "PNG"),
     }
 
 
@@ -103,12 +102,11 @@ def test_unrelated_image_finds_nothing(filled, tmp_path):
 
 
 def test_all_orientations_finds_flipped_and_rotated_copies(filled):
-    with Image.open(PHOTO) as image:
-        rgb = image.convert("RGB")
+    photo = rgb(PHOTO)
     for operation in (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM,
                       Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
                       Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE):
-        data = encoded(rgb.transpose(operation), quality=92)
+        data = encoded(photo.transpose(operation), quality=92)
         oriented = filled.search_image(data, all_orientations=True)
         assert oriented and oriented[0]["path"] == str(PHOTO), operation
         assert str(PHOTO) not in paths_of(filled.search_image(data)), operation
@@ -336,18 +334,6 @@ def test_unreachable_or_bad_urls():
 HARD = [photos()[i] for i in (2, 4, 5, 12)]
 
 
-def _rgb(path=PHOTO):
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def central_crop(image, area):
-    side = np.sqrt(area)
-    width, height = round(image.width * side), round(image.height * side)
-    left, top = (image.width - width) // 2, (image.height - height) // 2
-    return image.crop((left, top, left + width, top + height))
-
-
 def captioned(image, bar=0.18):
     """White bars above and below with black text in them: a meme."""
     pad = round(image.height * bar)
@@ -380,7 +366,7 @@ def cropping(store_url):
 
 def test_a_half_crop_is_found_with_crop_windows_and_not_without(filled, cropping):
     for path in HARD:
-        half = encoded(central_crop(_rgb(path), 0.5))
+        half = encoded(central_crop(rgb(path), 0.5))
         assert str(path) not in paths_of(filled.search_image(half)), path.name
         results = cropping.search_image(half)
         assert results and results[0]["path"] == str(path), (path.name, results[:2])
@@ -389,11 +375,28 @@ def test_a_half_crop_is_found_with_crop_windows_and_not_without(filled, cropping
     assert cropping.search_image(str(PHOTO))[0]["dist"] < 1e-9
 
 
+def test_a_corner_crop_is_found_with_corner_crops_and_not_without(cropping):
+    corners = ("top-left", "top-right", "bottom-left", "bottom-right")
+    for path, corner in zip(HARD, corners):
+        copy = encoded(corner_crop(rgb(path), 0.8, corner))
+        assert str(path) not in paths_of(cropping.search_image(copy)), (path.name, corner)
+        for options in ({"corner_crops": True}, {"robust": True}):
+            results = cropping.search_image(copy, **options)
+            assert results and results[0]["path"] == str(path), (path.name, corner, results[:2])
+
+
+def test_corner_crops_need_crop_windows(filled):
+    with pytest.raises(InvalidParameterError, match="corner_crops needs a store made with crop"):
+        filled.search_image(str(PHOTO), corner_crops=True)
+    # robust=True asks only for what the store allows.
+    assert filled.search_image(str(PHOTO), robust=True)[0]["path"] == str(PHOTO)
+
+
 def test_crop_windows_are_recorded_and_kept(cropping, store_url):
     assert cropping.crop_windows == (0.5, 0.75)
     again = open_database(sibling(store_url, "crop"))  # no parameters: the store's own
     assert again.crop_windows == (0.5, 0.75)
-    half = encoded(central_crop(_rgb(), 0.5))
+    half = encoded(central_crop(rgb(), 0.5))
     assert again.search_image(half)[0]["path"] == str(PHOTO)
     with pytest.raises(InvalidParameterError, match="crop_windows"):
         open_database(sibling(store_url, "crop"), crop_windows=False)
@@ -419,7 +422,7 @@ def test_records_with_windows_export_and_import_whole(cropping, store_url):
         results = target.add_signatures(exported, refresh_after=True)
         assert all(isinstance(r, str) for r in results), results
         np.testing.assert_array_equal(target.get(record["id"])["windows"], record["windows"])
-        half = encoded(central_crop(_rgb(), 0.5))
+        half = encoded(central_crop(rgb(), 0.5))
         assert target.search_image(half)[0]["path"] == str(PHOTO)
         # Windows of the wrong shape are refused one by one; a record without them is kept.
         bad = target.add_signatures([dict(exported[0], windows=exported[0]["windows"][:1]),
@@ -434,18 +437,18 @@ def test_records_with_windows_export_and_import_whole(cropping, store_url):
 def test_replacing_a_record_replaces_its_windows_words(cropping):
     path, other = str(photos()[0]), str(photos()[5])
     cropping.add_image(path, img=other, refresh_after=True)  # same record, another picture
-    half = encoded(central_crop(_rgb(photos()[0]), 0.5))
+    half = encoded(central_crop(rgb(photos()[0]), 0.5))
     assert path not in paths_of(cropping.search_image(half))
-    assert cropping.search_image(encoded(central_crop(_rgb(photos()[5]), 0.5)))[0]["path"] in (
+    assert cropping.search_image(encoded(central_crop(rgb(photos()[5]), 0.5)))[0]["path"] in (
         path, other)
     assert cropping.delete(default_id(path))
     cropping.refresh()
-    assert path not in paths_of(cropping.search_image(encoded(central_crop(_rgb(photos()[5]),
+    assert path not in paths_of(cropping.search_image(encoded(central_crop(rgb(photos()[5]),
                                                                            0.5))))
 
 
 def test_find_duplicates_links_a_central_crop_through_the_windows(cropping):
-    cropping.add_image("half.jpg", img=encoded(central_crop(_rgb(), 0.5)), bytestream=True,
+    cropping.add_image("half.jpg", img=encoded(central_crop(rgb(), 0.5)), bytestream=True,
                        refresh_after=True)
     groups = cropping.find_duplicates()
     assert [sorted(m["path"] for m in g) for g in groups] == [sorted([str(PHOTO), "half.jpg"])]
@@ -454,7 +457,7 @@ def test_find_duplicates_links_a_central_crop_through_the_windows(cropping):
 
 def test_a_captioned_copy_is_found_with_frames_and_not_without(filled):
     for path in HARD:
-        data = encoded(captioned(_rgb(path)))
+        data = encoded(captioned(rgb(path)))
         assert str(path) not in paths_of(filled.search_image(data)), path.name
         results = filled.search_image(data, frames=True)
         assert results and results[0]["path"] == str(path), (path.name, results[:2])
@@ -462,15 +465,15 @@ def test_a_captioned_copy_is_found_with_frames_and_not_without(filled):
 
 def test_a_turned_copy_is_found_with_small_rotations_and_not_without(filled):
     for path in HARD:
-        data = encoded(_rgb(path).rotate(10, resample=Image.Resampling.BICUBIC))
+        data = encoded(rgb(path).rotate(10, resample=Image.Resampling.BICUBIC))
         assert str(path) not in paths_of(filled.search_image(data)), path.name
         results = filled.search_image(data, small_rotations=True)
         assert results and results[0]["path"] == str(path), (path.name, results[:2])
 
 
 def test_robust_search_many_at_once(filled):
-    turned = encoded(_rgb().rotate(-12, resample=Image.Resampling.BICUBIC))
-    framed = encoded(captioned(_rgb(photos()[1])))
+    turned = encoded(rgb().rotate(-12, resample=Image.Resampling.BICUBIC))
+    framed = encoded(captioned(rgb(photos()[1])))
     results = filled.search_images([turned, b"junk", framed], robust=True, workers=2)
     assert paths_of(results[0])[0] == str(PHOTO)
     assert isinstance(results[1], ImageLoadError)
@@ -483,7 +486,7 @@ def test_robust_search_many_at_once(filled):
 
 def test_an_inset_copy_is_found_with_insets_and_not_without(filled):
     for index, path in enumerate(HARD):
-        picture, background = _rgb(path), _rgb(photos()[(index + 7) % len(photos())])
+        picture, background = rgb(path), rgb(photos()[(index + 7) % len(photos())])
         canvas = background.resize(picture.size, Image.Resampling.LANCZOS)
         small = picture.resize((round(picture.width * 0.6), round(picture.height * 0.6)),
                                Image.Resampling.LANCZOS)

@@ -100,7 +100,7 @@ def job(ctx, job_id, wait, allow_failures, as_json):
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("-c", "--concurrency", type=click.IntRange(1), default=None,
-              help="Worker processes (default: one per core).")
+              help="Worker processes (default: one per core, plus one).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False))
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
