@@ -30,8 +30,8 @@ Variants
 grey levels are always 0-1, ``P`` comes from the cropped window, and differences are binned against
 the original values. Signatures of different variants must not be compared with each other.
 
-Windows and small rotations
----------------------------
+Windows, small rotations and corner crops
+-----------------------------------------
 Crops, bars added around a picture and small rotations move every grid point, so the signature of
 such a copy is far from the original's. Signing *parts* of an image finds them again: ``window_of``
 cuts a fractional window out of a decoded grey array (keeping the original-size semantics of a
@@ -41,10 +41,12 @@ copy cropped to its centre compares with the window of the same extent; a search
 also signs the query's central frames (``QUERY_FRAMES``: its middle without caption bars, letterbox
 bars or a border), with ``small_rotations`` the query turned back by ``SMALL_ROTATIONS`` degrees,
 and with ``insets`` the rectangles bounded by long straight edges that ``inset_windows`` finds (a
-picture pasted into a larger one). ``ImageSignature.record_signatures`` and ``query_signatures``
-make those sets from one decode, ``query_margins`` says what each of a query's signatures adds to a
-distance (``WINDOW_MARGIN``, ``QUERY_MARGIN``). The windows, frames, angles and margins were chosen
-on the dev corpus by ``benchmarks/accuracy.py`` (README.rst, "Crops, bars, rotations and insets").
+picture pasted into a larger one), and with ``corner_crops`` the windows where the query, were it
+cropped at a corner, would show the original's stored central window (``corner_crop_windows``).
+``ImageSignature.record_signatures`` and ``query_signatures`` make those sets from one decode,
+``query_margins`` says what each of a query's signatures adds to a distance (``WINDOW_MARGIN``,
+``QUERY_MARGIN``). The windows, frames, angles and margins were chosen on the dev corpus by
+``benchmarks/accuracy.py`` (README.rst, "Crops, bars, rotations and insets").
 
 A signature with every value 0 comes from a featureless image (blank, or uniform enough that no
 neighbour difference passes ``identical_tolerance``). ``is_featureless`` tells; such a signature is
