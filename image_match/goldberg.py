@@ -689,6 +689,38 @@ def normalized_distance(a, b):
     return distance
 
 
+def distance_matrix(a, b):
+    """``normalized_distance`` of every row of ``a`` to every row of ``b``, in one matrix product.
+
+    Parameters
+    ----------
+    a : (M, L) array_like
+    b : (N, L) array_like
+
+    Returns
+    -------
+    (M, N) float64 ndarray
+        Equal, value for value, to ``normalized_distance``: the sums of products of signature
+        values are small integers, computed exactly.
+    """
+    # float32 holds every sum here exactly (at most 648 * 2 * 2); einsum's own loops, not BLAS,
+    # whose threads would spin on the cores that other searches and workers need.
+    a = np.atleast_2d(np.asarray(a)).astype(np.float32)
+    b = np.atleast_2d(np.asarray(b)).astype(np.float32)
+    if a.shape[-1] != b.shape[-1]:
+        raise InvalidParameterError(
+            f"cannot compare signatures of lengths {a.shape[-1]} and {b.shape[-1]}"
+        )
+    a_squares = np.einsum("ij,ij->i", a, a).astype(np.float64)
+    b_squares = np.einsum("ij,ij->i", b, b).astype(np.float64)
+    products = np.einsum("ij,kj->ik", a, b).astype(np.float64)
+    squared_difference = a_squares[:, None] + b_squares[None, :] - 2 * products
+    difference = np.sqrt(np.maximum(squared_difference, 0.0))
+    norms = np.sqrt(a_squares)[:, None] + np.sqrt(b_squares)[None, :]
+    featureless = (a_squares == 0)[:, None] | (b_squares == 0)[None, :]
+    return np.where(featureless, 1.0, difference / np.where(featureless, 1.0, norms))
+
+
 def is_featureless(signature):
     """True for the all-zero signature of a blank or featureless image (per row for 2-D input)."""
     return ~np.any(np.asarray(signature), axis=-1)

@@ -53,7 +53,8 @@ import numpy as np
 
 from .errors import DatabaseError, ImageMatchError, InvalidParameterError, RecordNotFoundError
 from .goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, WINDOW_MARGIN, ImageSignature,
-                       is_featureless, map_signing, query_margins, signature_variants)
+                       distance_matrix, is_featureless, map_signing, query_margins,
+                       signature_variants)
 from .goldberg import normalized_distance as _normalized_distance
 from .loading import describe
 from .records import Record, check_metadata, default_id, normalize_filter, now
@@ -694,9 +695,9 @@ def record_distances(signatures, records, margins=None):
     stored_margins = np.concatenate([np.r_[0.0, np.full(count - 1, WINDOW_MARGIN)]
                                      for count in counts])
     stored = np.concatenate(stored)
-    margins = np.zeros(len(signatures)) if margins is None else margins
-    per_signature = np.min([_normalized_distance(stored, s) + margin
-                            for s, margin in zip(signatures, margins)], axis=0) + stored_margins
+    margins = np.zeros(len(signatures)) if margins is None else np.asarray(margins)
+    per_signature = ((distance_matrix(signatures, stored) + margins[:, None]).min(axis=0)
+                     + stored_margins)
     distances = np.full(len(records), np.inf)
     np.minimum.at(distances, owner, per_signature)
     return np.minimum(distances, 1.0)

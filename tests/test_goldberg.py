@@ -13,7 +13,7 @@ from image_match.errors import ImageLoadError, InvalidParameterError
 from image_match.goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, DIHEDRAL_NAMES,
                                   QUERY_FRAMES, QUERY_MARGIN, SMALL_ROTATIONS, ImageSignature,
                                   central_window, corner_crop_windows, crop_window, crop_windows,
-                                  grid_points, is_featureless, map_signing,
+                                  distance_matrix, grid_points, is_featureless, map_signing,
                                   normalized_distance, percentiles_of_sorted, quantize_differences,
                                   query_margins, rotate_grey, signature_from_grey,
                                   signature_variants, window_of)
@@ -119,6 +119,21 @@ def test_distance_is_vectorized(rows, b):
     many = normalized_distance(rows, b)
     assert many.shape == (rows.shape[0],)
     np.testing.assert_array_equal(many, [normalized_distance(row, b) for row in rows])
+
+
+many_signatures = hnp.arrays(np.int8, st.tuples(st.integers(1, 12), st.just(648)),
+                             elements=st.integers(-2, 2))
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=many_signatures, b=many_signatures)
+def test_distance_matrix_equals_the_distance_pair_by_pair(a, b):
+    a[0] = 0  # a featureless row is at 1.0 from everything
+    matrix = distance_matrix(a, b)
+    assert matrix.shape == (len(a), len(b))
+    np.testing.assert_array_equal(matrix, [normalized_distance(b, row) for row in a])
+    with pytest.raises(InvalidParameterError, match="648 and 324"):
+        distance_matrix(a, b[:, :324])
 
 
 def test_distance_matches_its_definition():

@@ -53,6 +53,7 @@ import re
 import ssl
 import urllib.error
 import urllib.request
+from copy import copy
 from datetime import datetime, timezone
 from hashlib import blake2b
 from urllib.parse import unquote, urlsplit
@@ -340,17 +341,26 @@ class SignatureES(SignatureDatabaseBase):
                              "track_total_hits": False, "_source": {"excludes": _NOT_RETURNED}})
         responses = self._client.msearch(searches)["responses"]
         portable = pre_filter if isinstance(pre_filter, dict) else None
-        results = []
+        results, parsed = [], {}
         for response in responses:
             if "error" in response:
                 status = response.get("status")
                 raise DatabaseError(f"{self.location}: search failed: {_reason(response['error'])}",
                                     transient=status == 429 or (status or 0) >= 500)
-            records = (self._from_hit(hit) for hit in response["hits"]["hits"])
+            records = (self._parsed_hit(hit, parsed) for hit in response["hits"]["hits"])
             # The engine's translation of a portable filter may let more through (values inside
             # lists, 1.x's text fields): the reference semantics decide.
             results.append([r for r in records if filter_matches(r.metadata, portable)])
         return results
+
+    def _parsed_hit(self, hit, parsed):
+        """``_from_hit``, unpacking each record once per search: the signatures of one search
+        (orientations, parts) share most candidates. Each hit gets its own copy and score."""
+        if hit["_id"] not in parsed:
+            parsed[hit["_id"]] = self._from_hit(hit)
+        record = copy(parsed[hit["_id"]])
+        record.score = hit.get("_score")
+        return record
 
     def _words_query(self, row):
         """Records sharing at least ``minimum_should_match`` of the words ``row``, scored by the

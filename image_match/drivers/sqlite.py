@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 from contextlib import contextmanager
+from copy import copy
 from datetime import datetime, timezone
 
 import numpy as np
@@ -255,7 +256,7 @@ class SignatureSQLite(SignatureDatabaseBase):
     def _candidates(self, words, size, pre_filter):
         keys = self._word_keys(np.asarray(words, dtype=np.int64))
         condition, parameters = _filter_sql(pre_filter)
-        results = []
+        hits, results = [], []
         with self._reading() as connection:
             for row_keys in keys.tolist():
                 if condition:
@@ -267,12 +268,18 @@ class SignatureSQLite(SignatureDatabaseBase):
                     query = (f"SELECT record, COUNT(*) AS shared FROM words "
                              f"WHERE word IN ({_marks(row_keys)}) "
                              f"GROUP BY record ORDER BY shared DESC LIMIT ?")
-                hits = connection.execute(query, [*row_keys, *parameters, size]).fetchall()
-                shared = dict(hits)
-                records = self._fetch(connection, "rowid", list(shared))
-                for rowid, record in records:
-                    record.score = float(shared[rowid])
-                results.append(sorted((record for _, record in records), key=lambda r: -r.score))
+                hits.append(connection.execute(query, [*row_keys, *parameters, size]).fetchall())
+            # The signatures of one search (orientations, parts) share most candidates: read
+            # each record once, and give each list its own copy with its own score.
+            fetched = dict(self._fetch(connection, "rowid",
+                                       list({rowid for found in hits for rowid, _ in found})))
+        for found in hits:
+            records = []
+            for rowid, shared in found:
+                if rowid in fetched:
+                    records.append(copy(fetched[rowid]))
+                    records[-1].score = float(shared)
+            results.append(sorted(records, key=lambda r: -r.score))
         return results
 
     def _fetch(self, connection, column, keys):
