@@ -435,22 +435,17 @@ class SQLiteSegments(SignatureSQLite):
     def _candidates(self, words, size, pre_filter):
         assert not pre_filter
         keys = self._word_keys(np.asarray(words, dtype=np.int64))
-        results = []
+        hits = []
         with self._reading() as connection:
             tables = [row[0] for row in connection.execute("SELECT name FROM segments")]
             for row_keys in keys.tolist():
                 marks = ", ".join("?" * len(row_keys))
                 union = " UNION ALL ".join(f"SELECT record FROM {t} WHERE word IN ({marks})"
                                            for t in tables)
-                hits = connection.execute(
+                hits.append(connection.execute(
                     f"SELECT record, COUNT(*) AS shared FROM ({union}) GROUP BY record "
-                    f"ORDER BY shared DESC LIMIT ?", [*row_keys * len(tables), size]).fetchall()
-                shared = dict(hits)
-                found = self._fetch(connection, "rowid", list(shared))
-                for rowid, record in found:
-                    record.score = float(shared[rowid])
-                results.append(sorted((r for _, r in found), key=lambda r: -r.score))
-        return results
+                    f"ORDER BY shared DESC LIMIT ?", [*row_keys * len(tables), size]).fetchall())
+            return self._ranked(connection, hits)
 
 
 class SQLiteSkipCommon(SignatureSQLite):
@@ -463,7 +458,7 @@ class SQLiteSkipCommon(SignatureSQLite):
     def _candidates(self, words, size, pre_filter):
         assert not pre_filter
         keys = self._word_keys(np.asarray(words, dtype=np.int64))
-        results = []
+        hits = []
         with self._reading() as connection:
             (total,) = connection.execute("SELECT count(*) FROM records").fetchone()
             for row_keys in keys.tolist():
@@ -473,16 +468,11 @@ class SQLiteSkipCommon(SignatureSQLite):
                     row_keys).fetchall())
                 rare = [k for k in row_keys if counts.get(k, 0) <= self.MAX_FRACTION * total]
                 rare = rare or row_keys
-                hits = connection.execute(
+                hits.append(connection.execute(
                     f"SELECT record, COUNT(*) AS shared FROM words WHERE word IN "
                     f"({', '.join('?' * len(rare))}) GROUP BY record ORDER BY shared DESC LIMIT ?",
-                    [*rare, size]).fetchall()
-                shared = dict(hits)
-                found = self._fetch(connection, "rowid", list(shared))
-                for rowid, record in found:
-                    record.score = float(shared[rowid])
-                results.append(sorted((r for _, r in found), key=lambda r: -r.score))
-        return results
+                    [*rare, size]).fetchall())
+            return self._ranked(connection, hits)
 
 
 class SQLiteSortedLoad(SignatureSQLite):

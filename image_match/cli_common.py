@@ -165,30 +165,34 @@ def db_option(function):
              f"{settings.default_database_url()}.")(function)
 
 
+_QUERY_OPTIONS = (
+    ("--frames", "Also find copies with caption bars, letterbox bars or a border added (the "
+                 "query's central frames are searched too)."),
+    ("--small-rotations", "Also find copies turned by up to about 15 degrees (the query turned "
+                          "back by 5, 10 and 15 degrees each way is searched too)."),
+    ("--insets", "Also find copies pasted into a larger picture, a collage or a screenshot (the "
+                 "rectangles bounded by long straight edges in the query are searched too)."),
+    ("--corner-crops", "In a store made with crop windows: also find copies cropped at a corner "
+                       "(about a tenth of each side cut away)."),
+    ("--robust", "All of --frames, --small-rotations, --insets and, in a store with crop "
+                 "windows, --corner-crops."),
+)
+
+
 def query_options(function):
     """``--frames``, ``--small-rotations``, ``--insets``, ``--corner-crops`` and ``--robust``: what
-    a search also signs of a query."""
-    function = click.option(
-        "--robust", is_flag=True,
-        help="All of --frames, --small-rotations, --insets and, in a store with crop windows, "
-             "--corner-crops.")(function)
-    function = click.option(
-        "--corner-crops", is_flag=True,
-        help="In a store made with crop windows: also find copies cropped at a corner (about a "
-             "tenth of each side cut away).")(function)
-    function = click.option(
-        "--insets", is_flag=True,
-        help="Also find copies pasted into a larger picture, a collage or a screenshot (the "
-             "rectangles bounded by long straight edges in the query are searched too).")(function)
-    function = click.option(
-        "--small-rotations", is_flag=True,
-        help="Also find copies turned by up to about 15 degrees (the query turned back by 5, 10 "
-             "and 15 degrees each way is searched too).")(function)
-    function = click.option(
-        "--frames", is_flag=True,
-        help="Also find copies with caption bars, letterbox bars or a border added (the "
-             "query's central frames are searched too).")(function)
+    a search also signs of a query (flags, in this order in ``--help``)."""
+    for name, text in reversed(_QUERY_OPTIONS):
+        function = click.option(name, is_flag=True, help=text)(function)
     return function
+
+
+def workers_option(default=None):
+    """``--workers N``: processes signing images (None: every core)."""
+    return click.option("--workers", type=click.IntRange(1), default=default,
+                        show_default=default is not None,
+                        help="Processes signing images" + (" (default: every core)."
+                                                           if default is None else "."))
 
 
 def database_url(db_url):

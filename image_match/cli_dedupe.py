@@ -22,7 +22,7 @@ import numpy as np
 
 from .cli_common import (EXIT_FAILURE, can_ask, db_option, expand_paths, human_bytes, is_url,
                          json_line, open_store, output_options, progress, query_options,
-                         usage_error)
+                         usage_error, workers_option)
 from .cli_store import add_files, store_path
 from .errors import ImageLoadError, ImageMatchError
 from .goldberg import map_signing, query_margins
@@ -63,8 +63,7 @@ _EXIF_ORIENTATION = 274
 @click.option("--in-store", is_flag=True,
               help="Add the DIRs' images to the store (--db) and report their groups there, "
                    "instead of using a temporary store (implied by an explicit --db).")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Processes signing images (default: every core).")
+@workers_option()
 @db_option
 @output_options
 @click.pass_obj

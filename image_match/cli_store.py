@@ -13,7 +13,8 @@ import click
 
 from .cli_common import (EXIT_FAILURE, can_ask, database_url, db_option, expand_paths, human_bytes,
                          is_url, json_line, open_store, output_options, parse_filter,
-                         parse_metadata, progress, query_options, usage_error)
+                         parse_metadata, progress, query_options, usage_error,
+                         workers_option)
 from .errors import ImageLoadError, ImageMatchError, InvalidParameterError
 from .records import content_id, default_id
 
@@ -117,8 +118,7 @@ def _record_id(path, id_from, data=None):
 @click.option("--id-from", type=click.Choice(["path", "content"]), default="path", show_default=True,
               help="A record's id: a hash of its absolute path (adding a file again replaces it) "
                    "or of its bytes (one record per distinct file, whatever its name).")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Processes signing images (default: every core).")
+@workers_option()
 @db_option
 @output_options
 @click.pass_obj
@@ -175,8 +175,7 @@ def add(state, paths, metadata, id_from, workers, db_url, as_json):
               help="Only records whose metadata KEY has this value (repeatable; the same KEY twice "
                    "accepts either value). VALUE is read as --metadata reads it.")
 @query_options
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
-              help="Processes signing the images.")
+@workers_option(default=1)
 @db_option
 @output_options
 @click.pass_obj

@@ -256,7 +256,7 @@ class SignatureSQLite(SignatureDatabaseBase):
     def _candidates(self, words, size, pre_filter):
         keys = self._word_keys(np.asarray(words, dtype=np.int64))
         condition, parameters = _filter_sql(pre_filter)
-        hits, results = [], []
+        hits = []
         with self._reading() as connection:
             for row_keys in keys.tolist():
                 if condition:
@@ -269,10 +269,16 @@ class SignatureSQLite(SignatureDatabaseBase):
                              f"WHERE word IN ({_marks(row_keys)}) "
                              f"GROUP BY record ORDER BY shared DESC LIMIT ?")
                 hits.append(connection.execute(query, [*row_keys, *parameters, size]).fetchall())
-            # The signatures of one search (orientations, parts) share most candidates: read
-            # each record once, and give each list its own copy with its own score.
-            fetched = dict(self._fetch(connection, "rowid",
-                                       list({rowid for found in hits for rowid, _ in found})))
+            return self._ranked(connection, hits)
+
+    def _ranked(self, connection, hits):
+        """The candidate lists of ``hits`` (per query signature, ``[(rowid, shared words)]``) as
+        records, most shared words first. The signatures of one search (orientations, parts)
+        share most candidates: each record is read once, and each list gets its own copy with
+        its own score."""
+        fetched = dict(self._fetch(connection, "rowid",
+                                   list({rowid for found in hits for rowid, _ in found})))
+        results = []
         for found in hits:
             records = []
             for rowid, shared in found:
