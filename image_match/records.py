@@ -117,6 +117,20 @@ def unpack_signatures(packed, length=648):
     return _UNPACK[packed].reshape(packed.shape[0], -1)[:, :length]
 
 
+def pack_windows(windows):
+    """A record's crop windows' signatures ((W, L) array, or None) as one run of bytes: their
+    ``pack_signatures`` rows one after the other (None stays None)."""
+    return None if windows is None else pack_signatures(np.atleast_2d(windows)).tobytes()
+
+
+def unpack_windows(packed, length=648):
+    """The inverse of ``pack_windows``: (W, length) int8, or None."""
+    if packed is None:
+        return None
+    rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, -(-length // _PER_BYTE))
+    return unpack_signatures(rows, length)
+
+
 def check_metadata(metadata, source):
     """Metadata must be a JSON object (dict) or None; returns it as plain JSON data."""
     if metadata is None:

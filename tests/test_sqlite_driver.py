@@ -9,7 +9,8 @@ import pytest
 from image_match.drivers import open_database
 from image_match.drivers.sqlite import APPLICATION_ID, SCHEMA_VERSION, SignatureSQLite
 from image_match.errors import DatabaseError
-from image_match.records import default_id
+from image_match.records import (default_id, pack_signatures, pack_windows, unpack_signatures,
+                                 unpack_windows)
 
 from conftest import photos
 
@@ -177,3 +178,17 @@ def test_a_file_made_before_crop_windows_still_works(tmp_path):
     assert store.search_image(str(photos()[0]))[0]["id"] == record_id
     assert "windows" not in store.get(record_id)
     assert store.delete(record_id)
+
+
+def test_signatures_and_windows_pack_three_values_a_byte_and_back():
+    rng = np.random.default_rng(3)
+    signatures = rng.integers(-2, 3, (5, 648)).astype(np.int8)
+    packed = pack_signatures(signatures)
+    assert packed.shape == (5, 216)
+    np.testing.assert_array_equal(unpack_signatures(packed), signatures)
+    assert len(pack_signatures(signatures[0])) == 216
+    np.testing.assert_array_equal(unpack_signatures(pack_signatures(signatures[0])), signatures[0])
+    windows = pack_windows(signatures[:2])
+    assert isinstance(windows, bytes) and len(windows) == 2 * 216
+    np.testing.assert_array_equal(unpack_windows(windows), signatures[:2])
+    assert pack_windows(None) is None and unpack_windows(None) is None

@@ -62,8 +62,8 @@ import numpy as np
 
 from ..errors import DatabaseError, InvalidParameterError
 from ..goldberg import is_featureless
-from ..records import (Record, filter_matches, normalize_filter, pack_signatures,
-                       unpack_signatures)
+from ..records import (Record, filter_matches, normalize_filter, pack_signatures, pack_windows,
+                       unpack_signatures, unpack_windows)
 from ..signature_database_base import SignatureDatabaseBase
 from ..words import make_words, word_field_names
 
@@ -316,7 +316,7 @@ class SignatureES(SignatureDatabaseBase):
             document[_TERMS_FIELD] = metadata_terms(record.metadata)
         words = record.words[None]
         if record.windows is not None and not self.legacy:
-            document["windows"] = base64.b64encode(pack_signatures(record.windows).tobytes()).decode()
+            document["windows"] = base64.b64encode(pack_windows(record.windows)).decode()
             # Featureless windows' words are every blank patch's: not indexed.
             words = np.concatenate([words, record.window_words[~is_featureless(record.windows)]])
         if self.layout == "words":
@@ -423,9 +423,7 @@ class SignatureES(SignatureDatabaseBase):
                                 f"{signature.size} values, this store's have {self.gis.sig_length}")
         windows = source.get("windows")
         if windows is not None:
-            rows = np.frombuffer(base64.b64decode(windows), dtype=np.uint8)
-            windows = unpack_signatures(rows.reshape(-1, -(-self.gis.sig_length // 3)),
-                                        self.gis.sig_length)
+            windows = unpack_windows(base64.b64decode(windows), self.gis.sig_length)
         return Record(id=hit["_id"], path=source.get("path", source.get("url")),
                       signature=signature, metadata=source.get("metadata"),
                       timestamp=_parse_timestamp(source.get("timestamp")),

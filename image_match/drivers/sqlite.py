@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import DatabaseError
 from ..goldberg import is_featureless
-from ..records import Record, pack_signatures, unpack_signatures
+from ..records import Record, pack_signatures, pack_windows, unpack_signatures, unpack_windows
 from ..signature_database_base import SignatureDatabaseBase
 from ..words import make_words
 
@@ -206,7 +206,7 @@ class SignatureSQLite(SignatureDatabaseBase):
                 for r, signature in zip(records, packed)]
         columns, updates = "id, path, signature, metadata, timestamp", ""
         if self.crop_windows:
-            rows = [row + (_pack_windows(r.windows),) for row, r in zip(rows, records)]
+            rows = [row + (pack_windows(r.windows),) for row, r in zip(rows, records)]
             columns, updates = columns + ", windows", ", windows = excluded.windows"
         with self._writing() as connection:
             self._remove_words(connection, [r.id for r in records])
@@ -237,7 +237,7 @@ class SignatureSQLite(SignatureDatabaseBase):
         if not found:
             return []
         signatures = unpack_signatures([signature for _, signature, _ in found], self.gis.sig_length)
-        windows = [self._unpack_windows(packed) for _, _, packed in found]
+        windows = [unpack_windows(packed, self.gis.sig_length) for _, _, packed in found]
         words, owners = _indexed_words(
             make_words(signatures, self.k, self.N),
             [None if w is None else make_words(w, self.k, self.N) for w in windows], windows,
@@ -246,12 +246,6 @@ class SignatureSQLite(SignatureDatabaseBase):
                         np.repeat(owners, words.shape[1]).tolist()))
         connection.executemany("DELETE FROM words WHERE word = ? AND record = ?", pairs)
         return [rowid for rowid, _, _ in found]
-
-    def _unpack_windows(self, packed):
-        if packed is None:
-            return None
-        rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, -(-self.gis.sig_length // 3))
-        return unpack_signatures(rows, self.gis.sig_length)
 
     def _candidates(self, words, size, pre_filter):
         keys = self._word_keys(np.asarray(words, dtype=np.int64))
@@ -302,7 +296,7 @@ class SignatureSQLite(SignatureDatabaseBase):
         return [(rowid, Record(id=record_id, path=path, signature=signature,
                                metadata=None if metadata is None else json.loads(metadata),
                                timestamp=datetime.fromtimestamp(timestamp, timezone.utc),
-                               windows=self._unpack_windows(packed)))
+                               windows=unpack_windows(packed, self.gis.sig_length)))
                 for (rowid, record_id, path, _, metadata, timestamp, packed), signature
                 in zip(rows, signatures)]
 
@@ -362,10 +356,6 @@ def _indexed_words(words, window_words, windows, rowids):
         rows.append(np.asarray(own_words)[kept])
         owners.append(np.full(int(kept.sum()), rowid, dtype=np.int64))
     return np.concatenate(rows), np.concatenate(owners)
-
-
-def _pack_windows(windows):
-    return None if windows is None else pack_signatures(windows).tobytes()
 
 
 def _insert_words(connection, keys, rowids):
