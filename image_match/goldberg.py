@@ -54,6 +54,7 @@ at distance 1.0 from everything, itself included, so blank images never match an
 """
 
 import itertools
+import math
 import os
 from collections import deque
 from functools import lru_cache
@@ -129,7 +130,7 @@ def crop_window(grey, lower_percentile=5, upper_percentile=95, fix_ratio=False, 
     # Variation of each row (its horizontal differences) and of each column (its vertical ones).
     # For 8-bit input the subtraction wraps around modulo 256 exactly as in 1.x, which signed
     # such input as is.
-    row_variation = _absolute(np.subtract(grey[:, 1:], grey[:, :-1])).sum(axis=1)
+    row_variation = _row_variation(grey)
     column_variation = _absolute(np.subtract(grey[1:], grey[:-1])).sum(axis=0)
 
     limits = []
@@ -145,6 +146,21 @@ def crop_window(grey, lower_percentile=5, upper_percentile=95, fix_ratio=False, 
         widest = limits[0] if bottom - top > right - left else limits[1]
         return (widest, widest)
     return tuple(limits)
+
+
+def _row_variation(grey):
+    """The sum of the absolute horizontal differences along each row."""
+    height, width = grey.shape
+    if grey.dtype.kind != "f" or not grey.flags.c_contiguous:
+        return _absolute(np.subtract(grey[:, 1:], grey[:, :-1])).sum(axis=1)
+    # The differences of the flattened array are one contiguous pass, about twice as fast as
+    # those of two offset column slices; the one across each row's end is then zeroed.
+    flat = grey.reshape(-1)
+    differences = np.empty(height * width, dtype=grey.dtype)
+    np.subtract(flat[1:], flat[:-1], out=differences[:-1])
+    differences = _absolute(differences).reshape(height, width)
+    differences[:, -1] = 0
+    return np.einsum("ij->i", differences)
 
 
 def _absolute(differences):
@@ -184,18 +200,20 @@ def percentiles_of_sorted(values, percentiles):
     """``np.percentile(values, percentiles)`` for ``values`` sorted ascending, without sorting.
 
     The same floats as numpy's default ("linear") method, at a fraction of its overhead, which
-    matters on a path that takes a few hundred microseconds in all.
+    matters on a path that takes a few hundred microseconds in all: the few percentiles asked
+    for are interpolated one by one on Python floats (IEEE doubles, as numpy's float64).
     """
-    count = values.shape[0]
-    virtual = (count - 1) * (np.asarray(percentiles, dtype=np.float64) / 100)
-    below = np.clip(np.floor(virtual), 0, count - 1)
-    above = np.minimum(below + 1, count - 1)
-    weight = virtual - below
-    low = values[below.astype(np.intp)].astype(np.float64)
-    high = values[above.astype(np.intp)].astype(np.float64)
-    # numpy's _lerp: interpolate from the nearer end, for the same rounding.
-    step = high - low
-    return np.where(weight >= 0.5, high - step * (1 - weight), low + step * weight)
+    last = values.shape[0] - 1
+    result = []
+    for percentile in percentiles:
+        virtual = last * (float(percentile) / 100)
+        below = min(max(math.floor(virtual), 0), last)
+        weight = virtual - below
+        low, high = float(values[below]), float(values[min(below + 1, last)])
+        # numpy's _lerp: interpolate from the nearer end, for the same rounding.
+        step = high - low
+        result.append(high - step * (1 - weight) if weight >= 0.5 else low + step * weight)
+    return np.array(result)
 
 
 def grid_points(window, n=9, variant="1.x"):
@@ -206,12 +224,14 @@ def grid_points(window, n=9, variant="1.x"):
     the arithmetic is spelled out because linspace's overhead shows on this path). "paper" keeps
     them as floats, in pixel-edge coordinates.
     """
-    lows = np.array([window[0][0], window[1][0]], dtype=np.float64)
-    steps = (np.array([window[0][1], window[1][1]], dtype=np.float64) - lows) / (n + 1)
-    positions = np.arange(1, n + 1, dtype=np.float64)[:, None] * steps + lows
-    if variant == "1.x":
-        positions = np.floor(positions).astype(int)
-    return positions[:, 0], positions[:, 1]
+    axes = []
+    for low, high in window:
+        low = float(low)
+        step = (float(high) - low) / (n + 1)
+        positions = [index * step + low for index in range(1, n + 1)]
+        axes.append(np.array([math.floor(position) for position in positions])
+                    if variant == "1.x" else np.array(positions))
+    return tuple(axes)
 
 
 def sample_size(shape, P=None):
@@ -264,40 +284,30 @@ def block_means(grey, row_spans, column_spans, original_shape=None):
     if shape == grey.shape and integral:
         return _pixel_block_means(grey, row_starts, row_stops, column_starts, column_stops)
 
-    # Area-weighted sums. Along the rows: each band of squares gathers the pixel rows it touches,
-    # weighted by how much of each it covers. Along the columns: the band's running sums read at
-    # fractional coordinates (within a pixel the running sum grows linearly, so linear
-    # interpolation of it is exact). No matrix product: BLAS threads cost more than they save on
-    # arrays this small, and far more on a busy machine.
+    # Area-weighted sums: each pixel weighs the area it shares with a square. Along the rows,
+    # each band of squares gathers only the pixel rows it touches; along the columns, the bands'
+    # sums are weighed over the whole width. No matrix product: BLAS threads cost more than they
+    # save on arrays this small, and far more on a busy machine. Numpy calls are counted here:
+    # on arrays this small each costs more than its arithmetic.
     row_scale, column_scale = grey.shape[0] / shape[0], grey.shape[1] / shape[1]
-    low, high = row_starts * row_scale, row_stops * row_scale
-    first = np.floor(low).astype(np.intp)
-    span = max(int(np.max(np.ceil(high) - first)), 1)
+    top, bottom = row_starts * row_scale, row_stops * row_scale
+    left, right = column_starts * column_scale, column_stops * column_scale
+    first = np.floor(top).astype(np.intp)
+    span = max(int(np.max(np.ceil(bottom) - first)), 1)
     touched = first[:, None] + np.arange(span)                          # (n, m) pixel rows
-    weights = np.clip(np.minimum(touched + 1, high[:, None]) - np.maximum(touched, low[:, None]),
-                      0, None)
     rows = grey[np.minimum(touched, grey.shape[0] - 1)]                 # (n, m, w)
-    band_sums = np.einsum("nm,nmw->nw", weights, rows)
-    cumulative = np.zeros((band_sums.shape[0], grey.shape[1] + 1))
-    np.cumsum(band_sums, axis=1, out=cumulative[:, 1:])
-    columns = np.concatenate([column_starts, column_stops]) * column_scale
-    at_edges = _interpolate(cumulative, columns, axis=1)
-    n_columns = len(column_starts)
-    sums = at_edges[:, n_columns:] - at_edges[:, :n_columns]
-    areas = np.outer(high - low, columns[n_columns:] - columns[:n_columns])
+    band_sums = np.einsum("nm,nmw->nw", _coverage(touched, top, bottom), rows)
+    sums = np.einsum("nw,kw->nk", band_sums,
+                     _coverage(np.arange(grey.shape[1]), left, right))
+    areas = np.outer(bottom - top, right - left)
     return sums / np.where(areas > 0, areas, 1)
 
 
-def _interpolate(values, positions, axis):
-    """``values`` linearly interpolated at fractional ``positions`` along ``axis``."""
-    below = np.clip(np.floor(positions).astype(np.intp), 0, values.shape[axis] - 2)
-    weight = positions - below
-    low = np.take(values, below, axis=axis)
-    high = np.take(values, below + 1, axis=axis)
-    shape = [1, 1]
-    shape[axis] = -1
-    weight = weight.reshape(shape)
-    return low + (high - low) * weight
+def _coverage(pixels, low, high):
+    """How much of each pixel ``[p, p + 1)`` each span ``[low[i], high[i])`` covers: 0 to 1,
+    broadcast as ``pixels`` against ``low[:, None]``."""
+    return np.clip(np.minimum(pixels + 1, high[:, None]) - np.maximum(pixels, low[:, None]),
+                   0, None)
 
 
 def _pixel_block_means(grey, row_starts, row_stops, column_starts, column_stops):
@@ -358,32 +368,42 @@ def quantize_differences(differences, identical_tolerance=2 / 255.0, n_levels=2,
     """
     values = np.array(differences, dtype=np.float64)
     values[np.abs(values) < identical_tolerance] = 0.0
-    positive = values[values > 0]
-    negative = values[values < 0]
+    # One sort gives both signs' sorted values (each numpy call counts on arrays this small).
+    ordered = np.sort(values, axis=None)
+    negative = ordered[:np.searchsorted(ordered, 0.0, side="left")]
+    positive = ordered[np.searchsorted(ordered, 0.0, side="right"):]
     if positive.size == 0 and negative.size == 0:
         return np.zeros(values.shape, dtype=np.int8)
 
-    levels = np.linspace(0, 100, n_levels + 1)
+    levels = _percentile_levels(n_levels)
     if variant == "1.x":
         # Literal 1.x: each group is assigned over the partly coded array.
         if positive.size:
-            cutoffs = percentiles_of_sorted(np.sort(positive), levels)
+            cutoffs = percentiles_of_sorted(positive, levels)
             for level in range(n_levels):
                 values[(values >= cutoffs[level]) & (values <= cutoffs[level + 1])] = level + 1
         if negative.size:
-            cutoffs = percentiles_of_sorted(np.sort(negative), levels[::-1])
+            cutoffs = percentiles_of_sorted(negative, levels[::-1])
             for level in range(n_levels):
                 values[(values <= cutoffs[level]) & (values >= cutoffs[level + 1])] = -(level + 1)
         return values.astype(np.int8)
 
     codes = np.zeros(values.shape, dtype=np.int8)
     if positive.size:
-        inner = percentiles_of_sorted(np.sort(positive), levels[1:-1])
-        codes[values > 0] = 1 + np.searchsorted(inner, positive, side="left")
+        inner = percentiles_of_sorted(positive, levels[1:-1])
+        where = values > 0
+        codes[where] = 1 + np.searchsorted(inner, values[where], side="left")
     if negative.size:
-        inner = percentiles_of_sorted(np.sort(-negative), levels[1:-1])
-        codes[values < 0] = -1 - np.searchsorted(inner, -negative, side="left")
+        inner = percentiles_of_sorted(-negative[::-1], levels[1:-1])  # magnitudes, ascending
+        where = values < 0
+        codes[where] = -1 - np.searchsorted(inner, -values[where], side="left")
     return codes
+
+
+@lru_cache(maxsize=8)
+def _percentile_levels(n_levels):
+    """The percentiles splitting values into ``n_levels`` groups: ``np.linspace(0, 100, ...)``."""
+    return tuple(float(level) for level in np.linspace(0, 100, n_levels + 1))
 
 
 def signature_from_grey(grey, n=9, crop_percentiles=(5, 95), P=None, diagonal_neighbors=True,
