@@ -1,6 +1,7 @@
 """What the benchmarks share: the corpus, image-match 1.1.2 loaded beside us, timing, tables."""
 
 import importlib.util
+import math
 import os
 import statistics
 import subprocess
@@ -98,3 +99,25 @@ def machine_line():
 
     return (f"{platform.python_implementation()} {platform.python_version()}, "
             f"{os.cpu_count()} cores, {platform.machine()}")
+
+
+def open_luma_draft(path):
+    """``(image, (height, width))``: a JPEG opened to decode its luma plane (Y) alone, at the DCT
+    scale our loader picks for it, and its size before that reduction.
+
+    Not what image-match does: JPEG luma is 0.299 R + 0.587 G + 0.114 B, while the signature's grey
+    is 1.x's 0.2125 R + 0.7154 G + 0.0721 B. The benchmarks use it to show what skipping the
+    chroma planes would buy (signature_speed.py) and cost (draft_distance.py).
+    """
+    from PIL import Image
+
+    from image_match.loading import DRAFT_MIN_SIDE
+
+    image = Image.open(path)
+    width, height = image.size
+    requested = (width, height)
+    if min(width, height) >= 2 * DRAFT_MIN_SIDE:  # as loading.reduce_for_signature decides
+        factor = DRAFT_MIN_SIDE / min(width, height)
+        requested = (math.ceil(width * factor), math.ceil(height * factor))
+    image.draft("L", requested)
+    return image, (height, width)

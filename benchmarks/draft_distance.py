@@ -6,7 +6,9 @@ For each photo: the normalized distance between ``ImageSignature(draft=True)`` (
 ``ImageSignature(draft=False)`` (image-match 1.x's exact signature), per variant; and for scale,
 the distance a real transformation causes (a Lanczos resize to half size, a JPEG re-encode at
 quality 75), signed the exact way. Draft decoding is the default because its distances stay far
-below the 0.45 cutoff and below those of a half-size resize.
+below the 0.45 cutoff and below those of a half-size resize. One more row shows why the loader
+decodes colour: signing the JPEG's luma plane alone (faster, see signature_speed.py) moves
+signatures much further, because luma weighs red and blue unlike 1.x's grey.
 """
 
 import io
@@ -17,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
-from common import corpus_paths, machine_line, print_table  # noqa: E402
+from common import corpus_paths, machine_line, open_luma_draft, print_table  # noqa: E402
 from image_match.goldberg import ImageSignature, normalized_distance  # noqa: E402
 from image_match.loading import DRAFT_MIN_SIDE, decode_grey  # noqa: E402
 
@@ -32,6 +34,18 @@ def reencoded(path, half=False, quality=75):
     buffer = io.BytesIO()
     rgb.save(buffer, "PNG" if half else "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def luma_signature(generator, path):
+    """Signed from the JPEG's luma plane alone (``open_luma_draft``), placed as on the original
+    and turned upright as the loader turns it."""
+    image, (height, width) = open_luma_draft(path)
+    with image:
+        upright = ImageOps.exif_transpose(image.convert("L"))
+    if upright.size != image.size:
+        height, width = width, height
+    grey = np.asarray(upright, dtype=np.float32) / 255
+    return generator.signature_of_grey(grey, (height, width))
 
 
 def summary(name, distances):
@@ -53,6 +67,10 @@ def main():
         rows.append(summary(f"{variant}: draft vs full decode",
                             [normalized_distance(draft.generate_signature(p), f)
                              for p, f in zip(paths, full)]))
+        if variant == "1.x":
+            rows.append(summary("1.x: luma plane only, draft scale (not used)",
+                                [normalized_distance(luma_signature(draft, p), f)
+                                 for p, f in zip(paths, full)]))
         rows.append(summary(f"{variant}: resize to 1/2 (full decode)",
                             [normalized_distance(exact.generate_signature(reencoded(p, half=True)), f)
                              for p, f in zip(paths, full)]))
