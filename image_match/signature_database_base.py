@@ -45,7 +45,9 @@ the same path again replaces the record instead of adding a second one. Give ``i
 
 import functools
 import itertools
+import reprlib
 import warnings
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from operator import itemgetter
 
@@ -299,32 +301,46 @@ class SignatureDatabaseBase:
         return results
 
     def _record(self, item):
+        if not isinstance(item, Mapping):
+            raise InvalidParameterError(
+                f"{reprlib.repr(item)}: a record must be a dict with a path and a signature")
         path = item.get("path")
         if not isinstance(path, str) or not path:
             raise InvalidParameterError(f"{item.get('path')!r}: a record needs a path (a string)")
-        signature = np.asarray(item["signature"])
-        if signature.shape != (self.gis.sig_length,):
-            raise InvalidParameterError(
-                f"{path}: signature has shape {signature.shape}, this store's are "
-                f"({self.gis.sig_length},)")
-        signature = signature.astype(np.int8)
+        if item.get("signature") is None:
+            raise InvalidParameterError(f"{path}: a record needs a signature")
+        signature = self._codes(item["signature"], (self.gis.sig_length,), path, "signature")
         record_id = item.get("id") or default_id(path)
         if not isinstance(record_id, str):
             raise InvalidParameterError(f"{path}: id must be a string, not {record_id!r}")
         windows = item.get("windows")
         if windows is not None and self.crop_windows:
-            windows = np.asarray(windows)
-            expected = (len(self.crop_windows), self.gis.sig_length)
-            if windows.shape != expected or not np.all(np.abs(windows) <= self.gis.n_levels):
-                raise InvalidParameterError(
-                    f"{path}: windows have shape {windows.shape}, this store's are {expected} "
-                    f"(values -{self.gis.n_levels}..{self.gis.n_levels})")
-            windows = windows.astype(np.int8)
+            windows = self._codes(windows, (len(self.crop_windows), self.gis.sig_length), path,
+                                  "windows")
         else:
             windows = None
         return Record(id=record_id, path=path, signature=signature,
                       metadata=check_metadata(item.get("metadata"), path),
                       timestamp=_timestamp(item.get("timestamp"), path), windows=windows)
+
+    def _codes(self, values, shape, path, what):
+        """``values`` as this store's int8 signature codes of ``shape``, or InvalidParameterError
+        naming ``path``: wrong shape, not whole numbers, or outside -n_levels..n_levels."""
+        levels = self.gis.n_levels
+        refusal = (f"{path}: {what} must be whole numbers in -{levels}..{levels} of shape "
+                   f"{shape}")
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError):
+            raise InvalidParameterError(refusal) from None
+        if array.shape != shape:
+            raise InvalidParameterError(f"{refusal}, not {array.shape}")
+        if array.dtype == bool or array.dtype.kind not in "iuf":
+            raise InvalidParameterError(f"{refusal}, not {array.dtype}")
+        with np.errstate(invalid="ignore"):
+            if not (np.all(np.abs(array) <= levels) and np.all(array == np.round(array))):
+                raise InvalidParameterError(refusal)
+        return array.astype(np.int8)
 
     def sign(self, image, bytestream=False):
         """What this store keeps of an image, from one decode: ``{"signature"}``, and

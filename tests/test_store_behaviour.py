@@ -266,9 +266,20 @@ def test_add_signatures_refuses_bad_records_one_by_one(store):
         {"path": "", "signature": good},
         {"path": "meta.jpg", "signature": good, "metadata": "not a dict"},
         {"path": "ok2.jpg", "signature": good},
+        ("tuple.jpg", good),
+        {"path": "nosig.jpg"},
+        {"path": "range.jpg", "signature": good * 3},
+        {"path": "nan.jpg", "signature": np.full(648, np.nan)},
+        {"path": "fraction.jpg", "signature": good * 0.5},
+        {"path": "text.jpg", "signature": ["a"] * 648},
+        {"path": "ragged.jpg", "signature": [[1], [1, 2]]},
     ], refresh_after=True)
     assert results[0] == default_id("ok.jpg") and results[4] == default_id("ok2.jpg")
-    assert all(isinstance(r, InvalidParameterError) for r in results[1:4])
+    refused = results[1:4] + results[5:]
+    assert all(isinstance(r, InvalidParameterError) for r in refused), refused
+    for result, name in zip(results[5:], ["tuple.jpg", "nosig.jpg", "range.jpg", "nan.jpg",
+                                          "fraction.jpg", "text.jpg", "ragged.jpg"]):
+        assert name in str(result)
     assert "short.jpg" in str(results[1]) and "meta.jpg" in str(results[3])
     assert store.count() == 2
 
