@@ -534,9 +534,9 @@ def _prototype_classes():
 
         def _insert(self, records, refresh=False):
             operations = []
-            for record in records:
+            for document in self._documents(records):
                 operations.append({"index": {"_index": self.index}})
-                operations.append(self._document(record))
+                operations.append(document)
             self._client.bulk(operations, refresh=refresh)
             return [None] * len(records)
 

@@ -337,9 +337,11 @@ class SignatureDatabaseBase:
             raise InvalidParameterError(f"{refusal}, not {array.shape}")
         if array.dtype == bool or array.dtype.kind not in "iuf":
             raise InvalidParameterError(f"{refusal}, not {array.dtype}")
-        with np.errstate(invalid="ignore"):
-            if not (np.all(np.abs(array) <= levels) and np.all(array == np.round(array))):
-                raise InvalidParameterError(refusal)
+        # Two reductions for integers (the usual case, on the path of every bulk insert).
+        if not (-levels <= array.min() and array.max() <= levels):  # False for NaN too
+            raise InvalidParameterError(refusal)
+        if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+            raise InvalidParameterError(refusal)
         return array.astype(np.int8)
 
     def sign(self, image, bytestream=False):

@@ -292,42 +292,63 @@ class SignatureES(SignatureDatabaseBase):
         # The engine refuses a whole bulk request over one id that is too long: refuse it here.
         refused = [None if len(r.id.encode("utf-8")) <= _MAX_ID_BYTES else
                    f"id is longer than {_MAX_ID_BYTES} bytes" for r in records]
+        accepted = [record for record, reason in zip(records, refused) if reason is None]
+        # Lines serialized here, once, as the bulk API's NDJSON (every client passes text
+        # through): the clients' serializer costs more per call than the JSON it writes.
+        index = _to_json(self.index)
         operations = []
-        for record, reason in zip(records, refused):
-            if reason is None:
-                operations.append({"index": {"_index": self.index, "_id": record.id}})
-                operations.append(self._document(record))
+        for record, document in zip(accepted, self._documents(accepted)):
+            operations.append(f'{{"index":{{"_index":{index},"_id":{_to_json(record.id)}}}}}')
+            operations.append(_to_json(document))
         if operations:
             items = iter(self._client.bulk(operations, refresh=refresh)["items"])
             refused = [_item_error(next(items)) if reason is None else reason
                        for reason in refused]
         return refused
 
-    def _document(self, record):
-        document = {"path": record.path}
+    def _documents(self, records):
+        """The engine's document of each record. What can be is computed for the whole batch at
+        once (packing, word tags): per record, it was most of the client's time in a bulk."""
+        if not records:
+            return []
+        signatures = np.stack([record.signature for record in records])
         if self.legacy:
             # 1.x's shape, so that documents old and new read alike (also to 1.x code).
-            document["signature"] = record.signature.tolist()
-            if record.metadata is not None:
-                document["metadata"] = record.metadata
+            signature_values = signatures.tolist()
         else:
-            document["signature"] = base64.b64encode(pack_signatures(record.signature)).decode()
-            document["metadata"] = record.metadata
-            document[_TERMS_FIELD] = metadata_terms(record.metadata)
-        words = record.words[None]
-        if record.windows is not None and not self.legacy:
-            document["windows"] = base64.b64encode(pack_windows(record.windows)).decode()
-            # Featureless windows' words are every blank patch's: not indexed.
-            words = np.concatenate([words, record.window_words[~is_featureless(record.windows)]])
+            packed = pack_signatures(signatures)
+        plain_tags = None
         if self.layout == "words":
-            document[_WORDS_FIELD] = _unique(tagged_words(words, self.k).ravel().tolist())
-        elif len(words) == 1:
-            document.update(zip(word_field_names(self.N), record.words.tolist()))
-        else:
-            document.update(zip(word_field_names(self.N), (_unique(column) for column in
-                                                            words.T.tolist())))
-        document["timestamp"] = _format_timestamp(record.timestamp)
-        return document
+            # Position-tagged words differ from each other, so a record's own need no dedup.
+            plain_tags = tagged_words(np.stack([r.words for r in records]), self.k).tolist()
+        documents = []
+        for index, record in enumerate(records):
+            document = {"path": record.path}
+            if self.legacy:
+                document["signature"] = signature_values[index]
+                if record.metadata is not None:
+                    document["metadata"] = record.metadata
+            else:
+                document["signature"] = base64.b64encode(packed[index]).decode()
+                document["metadata"] = record.metadata
+                document[_TERMS_FIELD] = metadata_terms(record.metadata)
+            words = None
+            if record.windows is not None and not self.legacy:
+                document["windows"] = base64.b64encode(pack_windows(record.windows)).decode()
+                # Featureless windows' words are every blank patch's: not indexed.
+                words = np.concatenate([record.words[None],
+                                        record.window_words[~is_featureless(record.windows)]])
+            if self.layout == "words":
+                document[_WORDS_FIELD] = (plain_tags[index] if words is None else
+                                          _unique(tagged_words(words, self.k).ravel().tolist()))
+            elif words is None:
+                document.update(zip(word_field_names(self.N), record.words.tolist()))
+            else:
+                document.update(zip(word_field_names(self.N), (_unique(column) for column in
+                                                                words.T.tolist())))
+            document["timestamp"] = _format_timestamp(record.timestamp)
+            documents.append(document)
+        return documents
 
     def _candidates(self, words, size, pre_filter):
         clauses = self._filter_clauses(pre_filter)
@@ -531,6 +552,14 @@ def tagged_words(words, k=16):
     words = np.asarray(words, dtype=np.int64)
     dtype = np.int64 if words.shape[-1] * 3 ** k < 2 ** 63 else object
     return words.astype(dtype) + np.arange(words.shape[-1]).astype(dtype) * 3 ** k
+
+
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _to_json(value):
+    """Compact JSON text, as the clients write it."""
+    return _JSON_ENCODER.encode(value)
 
 
 def _unique(values):
