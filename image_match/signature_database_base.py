@@ -282,10 +282,22 @@ class SignatureDatabaseBase:
             records.append(record)
         if not records:
             return results
-        # Words for the whole batch in one vectorized call.
-        words = make_words(np.stack([record.signature for record in records]), self.k, self.N)
-        for record, row in zip(records, words):
-            record.words = row
+        # The signatures' codes are checked, converted and cut into words for the whole batch
+        # at once: record by record, that was a fifth of a bulk insert's time in the client.
+        signatures = np.stack([record.signature for record in records])
+        valid = _valid_codes(signatures, self.gis.n_levels)
+        if not valid.all():
+            refused = {id(record) for record, ok in zip(records, valid) if not ok}
+            results = [InvalidParameterError(self._codes_refusal(outcome.path, "signature"))
+                       if id(outcome) in refused else outcome for outcome in results]
+            records = [record for record, ok in zip(records, valid) if ok]
+            signatures = signatures[valid]
+            if not records:
+                return results
+        signatures = signatures.astype(np.int8)
+        words = make_words(signatures, self.k, self.N)
+        for record, signature, row in zip(records, signatures, words):
+            record.signature, record.words = signature, row
         windowed = [record for record in records if record.windows is not None]
         if windowed:
             window_words = make_words(np.concatenate([r.windows for r in windowed]), self.k, self.N)
@@ -309,7 +321,9 @@ class SignatureDatabaseBase:
             raise InvalidParameterError(f"{item.get('path')!r}: a record needs a path (a string)")
         if item.get("signature") is None:
             raise InvalidParameterError(f"{path}: a record needs a signature")
-        signature = self._codes(item["signature"], (self.gis.sig_length,), path, "signature")
+        # Shape and type here; the codes' range by add_signatures, for the whole batch.
+        signature = self._codes(item["signature"], (self.gis.sig_length,), path, "signature",
+                                check_range=False)
         record_id = item.get("id") or default_id(path)
         if not isinstance(record_id, str):
             raise InvalidParameterError(f"{path}: id must be a string, not {record_id!r}")
@@ -323,12 +337,11 @@ class SignatureDatabaseBase:
                       metadata=check_metadata(item.get("metadata"), path),
                       timestamp=_timestamp(item.get("timestamp"), path), windows=windows)
 
-    def _codes(self, values, shape, path, what):
-        """``values`` as this store's int8 signature codes of ``shape``, or InvalidParameterError
-        naming ``path``: wrong shape, not whole numbers, or outside -n_levels..n_levels."""
-        levels = self.gis.n_levels
-        refusal = (f"{path}: {what} must be whole numbers in -{levels}..{levels} of shape "
-                   f"{shape}")
+    def _codes(self, values, shape, path, what, check_range=True):
+        """``values`` as this store's signature codes of ``shape`` (int8; with ``check_range``
+        False, the array as given, its range unchecked), or InvalidParameterError naming
+        ``path``: wrong shape, not numbers, not whole numbers in -n_levels..n_levels."""
+        refusal = self._codes_refusal(path, what, shape)
         try:
             array = np.asarray(values)
         except (TypeError, ValueError):
@@ -337,12 +350,16 @@ class SignatureDatabaseBase:
             raise InvalidParameterError(f"{refusal}, not {array.shape}")
         if array.dtype == bool or array.dtype.kind not in "iuf":
             raise InvalidParameterError(f"{refusal}, not {array.dtype}")
-        # Two reductions for integers (the usual case, on the path of every bulk insert).
-        if not (-levels <= array.min() and array.max() <= levels):  # False for NaN too
-            raise InvalidParameterError(refusal)
-        if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        if not check_range:
+            return array
+        if not _valid_codes(array[None], self.gis.n_levels)[0]:
             raise InvalidParameterError(refusal)
         return array.astype(np.int8)
+
+    def _codes_refusal(self, path, what, shape=None):
+        shape = (self.gis.sig_length,) if shape is None else shape
+        levels = self.gis.n_levels
+        return f"{path}: {what} must be whole numbers in -{levels}..{levels} of shape {shape}"
 
     def sign(self, image, bytestream=False):
         """What this store keeps of an image, from one decode: ``{"signature"}``, and
@@ -819,6 +836,17 @@ def _batches(iterable, size):
 
 
 # --- image-match 1.x's module-level helpers, for code that imported them ----------------------
+
+def _valid_codes(arrays, levels):
+    """Per row of a 2-D (or per item of a 3-D) numeric array: all whole numbers in
+    ``-levels..levels`` (False for NaN)."""
+    axes = tuple(range(1, arrays.ndim))
+    valid = (arrays.min(axis=axes) >= -levels) & (arrays.max(axis=axes) <= levels)
+    if arrays.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            valid &= np.all(arrays == np.round(arrays), axis=axes)
+    return valid
+
 
 def make_record(path, gis, k, N, img=None, bytestream=False, metadata=None):
     """1.x's record dict: ``path``, ``signature`` (list), ``simple_word_0..N-1``, ``metadata``."""
