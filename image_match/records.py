@@ -103,6 +103,11 @@ def pack_signatures(signatures):
     return packed.tobytes() if signatures.ndim == 1 else packed
 
 
+def packed_size(length=648):
+    """The bytes ``pack_signatures`` makes of one signature of ``length`` values."""
+    return -(-length // _PER_BYTE)
+
+
 def unpack_signatures(packed, length=648):
     """The inverse of ``pack_signatures``: bytes (one) or a list of bytes / (M, B) uint8 array (many).
 

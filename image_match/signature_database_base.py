@@ -321,26 +321,27 @@ class SignatureDatabaseBase:
             raise InvalidParameterError(f"{item.get('path')!r}: a record needs a path (a string)")
         if item.get("signature") is None:
             raise InvalidParameterError(f"{path}: a record needs a signature")
-        # Shape and type here; the codes' range by add_signatures, for the whole batch.
-        signature = self._codes(item["signature"], (self.gis.sig_length,), path, "signature",
-                                check_range=False)
+        # Their range is checked by add_signatures, for the whole batch at once.
+        signature = self._code_array(item["signature"], (self.gis.sig_length,), path, "signature")
         record_id = item.get("id") or default_id(path)
         if not isinstance(record_id, str):
             raise InvalidParameterError(f"{path}: id must be a string, not {record_id!r}")
         windows = item.get("windows")
         if windows is not None and self.crop_windows:
-            windows = self._codes(windows, (len(self.crop_windows), self.gis.sig_length), path,
-                                  "windows")
+            shape = (len(self.crop_windows), self.gis.sig_length)
+            windows = self._code_array(windows, shape, path, "windows")
+            if not _valid_codes(windows[None], self.gis.n_levels)[0]:
+                raise InvalidParameterError(self._codes_refusal(path, "windows", shape))
+            windows = windows.astype(np.int8)
         else:
             windows = None
         return Record(id=record_id, path=path, signature=signature,
                       metadata=check_metadata(item.get("metadata"), path),
                       timestamp=_timestamp(item.get("timestamp"), path), windows=windows)
 
-    def _codes(self, values, shape, path, what, check_range=True):
-        """``values`` as this store's signature codes of ``shape`` (int8; with ``check_range``
-        False, the array as given, its range unchecked), or InvalidParameterError naming
-        ``path``: wrong shape, not numbers, not whole numbers in -n_levels..n_levels."""
+    def _code_array(self, values, shape, path, what):
+        """``values`` as a numeric array of ``shape`` (codes to check with ``_valid_codes``), or
+        InvalidParameterError naming ``path``."""
         refusal = self._codes_refusal(path, what, shape)
         try:
             array = np.asarray(values)
@@ -350,11 +351,7 @@ class SignatureDatabaseBase:
             raise InvalidParameterError(f"{refusal}, not {array.shape}")
         if array.dtype == bool or array.dtype.kind not in "iuf":
             raise InvalidParameterError(f"{refusal}, not {array.dtype}")
-        if not check_range:
-            return array
-        if not _valid_codes(array[None], self.gis.n_levels)[0]:
-            raise InvalidParameterError(refusal)
-        return array.astype(np.int8)
+        return array
 
     def _codes_refusal(self, path, what, shape=None):
         shape = (self.gis.sig_length,) if shape is None else shape
@@ -724,13 +721,18 @@ def record_distances(signatures, records, margins=None):
     -------
     (len(records),) float64 ndarray
     """
-    stored = [record.all_signatures() for record in records]
-    counts = [len(s) for s in stored]
-    owner = np.repeat(np.arange(len(stored)), counts)
-    stored_margins = np.concatenate([np.r_[0.0, np.full(count - 1, WINDOW_MARGIN)]
-                                     for count in counts])
-    stored = np.concatenate(stored)
     margins = np.zeros(len(signatures)) if margins is None else np.asarray(margins)
+    if all(record.windows is None for record in records):  # the usual case, without a loop
+        stored = np.stack([record.signature for record in records])
+        return np.minimum((distance_matrix(signatures, stored) + margins[:, None]).min(axis=0),
+                          1.0)
+    stored = [record.all_signatures() for record in records]
+    counts = np.array([len(s) for s in stored])
+    owner = np.repeat(np.arange(len(stored)), counts)
+    # A stored window's match takes WINDOW_MARGIN more than the record's own signature's.
+    stored_margins = np.full(counts.sum(), WINDOW_MARGIN)
+    stored_margins[np.cumsum(counts) - counts] = 0.0
+    stored = np.concatenate(stored)
     per_signature = ((distance_matrix(signatures, stored) + margins[:, None]).min(axis=0)
                      + stored_margins)
     distances = np.full(len(records), np.inf)
@@ -835,8 +837,6 @@ def _batches(iterable, size):
         yield batch
 
 
-# --- image-match 1.x's module-level helpers, for code that imported them ----------------------
-
 def _valid_codes(arrays, levels):
     """Per row of a 2-D (or per item of a 3-D) numeric array: all whole numbers in
     ``-levels..levels`` (False for NaN)."""
@@ -847,6 +847,8 @@ def _valid_codes(arrays, levels):
             valid &= np.all(arrays == np.round(arrays), axis=axes)
     return valid
 
+
+# --- image-match 1.x's module-level helpers, for code that imported them ----------------------
 
 def make_record(path, gis, k, N, img=None, bytestream=False, metadata=None):
     """1.x's record dict: ``path``, ``signature`` (list), ``simple_word_0..N-1``, ``metadata``."""

@@ -6,6 +6,7 @@ indices read as they are, raw DSL and portable filters, per-item bulk errors, cl
 unreachable engines.
 """
 
+import base64
 import io
 import socket
 import threading
@@ -567,3 +568,21 @@ def test_crop_windows_in_the_simple_words_layout(index_url):
     assert store.search_image(buffer.getvalue())[0]["path"] == str(photos()[2])
     source = _raw_client(store).get(index=store.index, id=default_id(str(photos()[2])))["_source"]
     assert any(isinstance(source[f"simple_word_{i}"], list) for i in range(63))
+
+
+@pytest.mark.engine
+def test_a_damaged_stored_signature_is_a_database_error_naming_the_record(index_url,
+                                                                           photo_signatures):
+    store = open_database(index_url)
+    signatures = list(photo_signatures.values())[:3]
+    ids = _add(store, dict(zip(list(photo_signatures)[:3], signatures)))
+    # Written past the driver: a packed signature cut short.
+    raw, change = _raw_client(store), {"signature": base64.b64encode(b"\0" * 100).decode()}
+    spelled = {"body": {"doc": change}} if type(raw).__module__.startswith("opensearchpy") else {
+        "doc": change}
+    raw.update(index=store.index, id=ids[0], refresh=True, **spelled)
+    with pytest.raises(DatabaseError, match=ids[0]):
+        store.search_signature(signatures[0])
+    with pytest.raises(DatabaseError, match=ids[0]):
+        store.get(ids[0])
+    assert store.get(ids[1])["signature"] == signatures[1].tolist()

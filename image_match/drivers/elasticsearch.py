@@ -53,7 +53,7 @@ import re
 import ssl
 import urllib.error
 import urllib.request
-from copy import copy
+from dataclasses import replace
 from datetime import datetime, timezone
 from hashlib import blake2b
 from urllib.parse import unquote, urlsplit
@@ -63,7 +63,7 @@ import numpy as np
 from ..errors import DatabaseError, InvalidParameterError
 from ..goldberg import is_featureless
 from ..records import (Record, filter_matches, normalize_filter, pack_signatures, pack_windows,
-                       unpack_signatures, unpack_windows)
+                       packed_size, unpack_signatures, unpack_windows)
 from ..signature_database_base import SignatureDatabaseBase
 from ..words import make_words, word_field_names
 
@@ -332,20 +332,21 @@ class SignatureES(SignatureDatabaseBase):
                 document["signature"] = base64.b64encode(packed[index]).decode()
                 document["metadata"] = record.metadata
                 document[_TERMS_FIELD] = metadata_terms(record.metadata)
-            words = None
+            with_windows = None  # the record's words and its windows', when it has windows
             if record.windows is not None and not self.legacy:
                 document["windows"] = base64.b64encode(pack_windows(record.windows)).decode()
                 # Featureless windows' words are every blank patch's: not indexed.
-                words = np.concatenate([record.words[None],
-                                        record.window_words[~is_featureless(record.windows)]])
+                with_windows = np.concatenate(
+                    [record.words[None], record.window_words[~is_featureless(record.windows)]])
             if self.layout == "words":
-                document[_WORDS_FIELD] = (plain_tags[index] if words is None else
-                                          _unique(tagged_words(words, self.k).ravel().tolist()))
-            elif words is None:
+                document[_WORDS_FIELD] = (
+                    plain_tags[index] if with_windows is None
+                    else _unique(tagged_words(with_windows, self.k).ravel().tolist()))
+            elif with_windows is None:
                 document.update(zip(word_field_names(self.N), record.words.tolist()))
             else:
                 document.update(zip(word_field_names(self.N), (_unique(column) for column in
-                                                                words.T.tolist())))
+                                                                with_windows.T.tolist())))
             document["timestamp"] = _format_timestamp(record.timestamp)
             documents.append(document)
         return documents
@@ -368,20 +369,19 @@ class SignatureES(SignatureDatabaseBase):
                 status = response.get("status")
                 raise DatabaseError(f"{self.location}: search failed: {_reason(response['error'])}",
                                     transient=status == 429 or (status or 0) >= 500)
-            records = (self._parsed_hit(hit, parsed) for hit in response["hits"]["hits"])
+            hits = response["hits"]["hits"]
+            # Each record is unpacked once per search: the signatures of one search
+            # (orientations, parts) share most candidates. A record met again gets its own
+            # copy, with the score of this hit.
+            fresh = {record.id: record
+                     for record in self._from_hits([h for h in hits if h["_id"] not in parsed])}
+            records = [fresh.get(hit["_id"]) or replace(parsed[hit["_id"]], score=hit.get("_score"))
+                       for hit in hits]
+            parsed.update(fresh)
             # The engine's translation of a portable filter may let more through (values inside
             # lists, 1.x's text fields): the reference semantics decide.
             results.append([r for r in records if filter_matches(r.metadata, portable)])
         return results
-
-    def _parsed_hit(self, hit, parsed):
-        """``_from_hit``, unpacking each record once per search: the signatures of one search
-        (orientations, parts) share most candidates. Each hit gets its own copy and score."""
-        if hit["_id"] not in parsed:
-            parsed[hit["_id"]] = self._from_hit(hit)
-        record = copy(parsed[hit["_id"]])
-        record.score = hit.get("_score")
-        return record
 
     def _words_query(self, row):
         """Records sharing at least ``minimum_should_match`` of the words ``row``, scored by the
@@ -432,34 +432,48 @@ class SignatureES(SignatureDatabaseBase):
                 should.append({"term": {keyword: value}})
         return {"bool": {"should": should or [{"match_none": {}}], "minimum_should_match": 1}}
 
-    def _from_hit(self, hit):
-        source = hit.get("_source") or {}
-        signature = source.get("signature")
-        if isinstance(signature, str):
-            signature = unpack_signatures(base64.b64decode(signature), self.gis.sig_length)
-        else:
-            signature = np.asarray(signature if signature is not None else [], dtype=np.int8)
-        if signature.shape != (self.gis.sig_length,):
-            raise DatabaseError(f"{self.location}: record {hit['_id']} holds a signature of "
-                                f"{signature.size} values, this store's have {self.gis.sig_length}")
-        windows = source.get("windows")
-        if windows is not None:
-            windows = unpack_windows(base64.b64decode(windows), self.gis.sig_length)
-        return Record(id=hit["_id"], path=source.get("path", source.get("url")),
-                      signature=signature, metadata=source.get("metadata"),
-                      timestamp=_parse_timestamp(source.get("timestamp")),
-                      score=hit.get("_score"), windows=windows)
+    def _from_hits(self, hits):
+        """The records of search, get or scan hits; the packed signatures of all of them are
+        unpacked in one call (per hit, that was most of a search's time in the client)."""
+        sources = [hit.get("_source") or {} for hit in hits]
+        encoded = [source.get("signature") for source in sources]
+        packed = [base64.b64decode(s) if isinstance(s, str) else None for s in encoded]
+        size = packed_size(self.gis.sig_length)
+        whole = [i for i, data in enumerate(packed) if data is not None and len(data) == size]
+        unpacked = dict(zip(whole, unpack_signatures([packed[i] for i in whole],
+                                                     self.gis.sig_length))) if whole else {}
+        records = []
+        for index, (hit, source) in enumerate(zip(hits, sources)):
+            signature = unpacked.get(index)
+            if signature is None and packed[index] is not None:  # packed, of another length
+                signature = unpack_signatures(packed[index], self.gis.sig_length)
+            elif signature is None:  # 1.x's documents hold a list of numbers
+                try:
+                    signature = np.asarray(encoded[index] or [], dtype=np.int8)
+                except (TypeError, ValueError):
+                    signature = np.zeros(0, dtype=np.int8)
+            if signature.shape != (self.gis.sig_length,):
+                raise DatabaseError(f"{self.location}: record {hit['_id']} holds a signature of "
+                                    f"{signature.size} values, this store's have "
+                                    f"{self.gis.sig_length}")
+            windows = source.get("windows")
+            if windows is not None:
+                windows = unpack_windows(base64.b64decode(windows), self.gis.sig_length)
+            records.append(Record(id=hit["_id"], path=source.get("path", source.get("url")),
+                                  signature=signature, metadata=source.get("metadata"),
+                                  timestamp=_parse_timestamp(source.get("timestamp")),
+                                  score=hit.get("_score"), windows=windows))
+        return records
 
     def _get(self, ids):
         docs = [{"_id": i, "_source": {"excludes": _NOT_RETURNED}} for i in ids]
         found = {}
-        for doc in self._client.mget(docs)["docs"]:
-            if doc.get("found"):
-                record = self._from_hit(doc)
-                found[record.id] = record
-            elif "error" in doc:
+        docs = self._client.mget(docs)["docs"]
+        for doc in docs:
+            if "error" in doc:
                 raise DatabaseError(f"{self.location}: reading {doc['_id']}: {_reason(doc['error'])}")
-        return found
+        return {record.id: record
+                for record in self._from_hits([doc for doc in docs if doc.get("found")])}
 
     def _delete(self, ids):
         operations = [{"delete": {"_index": self.index, "_id": i}} for i in ids]
@@ -500,7 +514,7 @@ class SignatureES(SignatureDatabaseBase):
     def _scan(self, batch_size):
         query = {"query": {"match_all": {}}, "_source": {"excludes": _NOT_RETURNED}}
         for hit in self._client.scan(query, size=batch_size):
-            yield self._from_hit(hit)
+            yield from self._from_hits([hit])
 
     def count(self):
         """How many records the index holds (0 when it does not exist)."""
