@@ -685,8 +685,9 @@ def normalized_distance(a, b):
     Returns
     -------
     float, or (M,) float64 ndarray
-        In [0, 1]; 0 for equal signatures; 1.0 when either signature is all zero (a featureless
-        image matches nothing, not even another featureless image).
+        In [0, 1] (opposite ones, 1 up to rounding, give 1.0); 0 for equal signatures;
+        1.0 when either signature is all zero (a featureless image matches nothing, not even
+        another featureless image).
     """
     a = np.asarray(a)
     b = np.asarray(b)
@@ -704,6 +705,8 @@ def normalized_distance(a, b):
     featureless = (np.sum(a32 != 0, axis=-1) == 0) | (np.sum(b32 != 0, axis=-1) == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         distance = np.where(featureless, 1.0, difference / np.where(norms == 0, 1, norms))
+    # Opposite signatures (b = -2a) give 1 plus a rounding error of the square roots.
+    distance = np.minimum(distance, 1.0)
     if np.ndim(distance) == 0:
         return float(distance)
     return distance
@@ -738,7 +741,8 @@ def distance_matrix(a, b):
     difference = np.sqrt(np.maximum(squared_difference, 0.0))
     norms = np.sqrt(a_squares)[:, None] + np.sqrt(b_squares)[None, :]
     featureless = (a_squares == 0)[:, None] | (b_squares == 0)[None, :]
-    return np.where(featureless, 1.0, difference / np.where(featureless, 1.0, norms))
+    return np.minimum(np.where(featureless, 1.0, difference / np.where(featureless, 1.0, norms)),
+                      1.0)
 
 
 def is_featureless(signature):
