@@ -99,6 +99,25 @@ def test_not_an_sqlite_file_or_another_applications(tmp_path):
         open_database(f"sqlite:///{other}")
 
 
+def test_a_file_locked_by_another_process_is_a_transient_error_not_a_bad_file(tmp_path):
+    # Bulk ingestion retries transient errors and records the others as the item's failure: a
+    # worker that opened the store while another held its lock lost its batch for good.
+    path = tmp_path / "images.db"
+    SignatureSQLite(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=DELETE")  # so that an exclusive lock keeps readers out
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(DatabaseError) as error:
+            SignatureSQLite(path, timeout=0.3)
+        assert error.value.transient and "locked" in str(error.value)
+        assert "not a usable" not in str(error.value) and str(path) in str(error.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert SignatureSQLite(path, timeout=0.3).count() == 0
+
+
 def test_newer_schema_is_refused(tmp_path):
     path = tmp_path / "images.db"
     SignatureSQLite(path)

@@ -23,6 +23,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from copy import copy
 from datetime import datetime, timezone
@@ -105,21 +106,39 @@ class SignatureSQLite(SignatureDatabaseBase):
     def _connect(self):
         """This process's connection (a forked child, e.g. a Celery worker, opens its own)."""
         if self._connection is None or self._pid != os.getpid():
-            try:
-                connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                             check_same_thread=False)
-                application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-                if application_id not in (0, APPLICATION_ID):
-                    raise DatabaseError(f"{self.location}: an SQLite file of another application")
-                connection.execute("PRAGMA journal_mode=WAL")
-                # WAL with synchronous=NORMAL cannot corrupt the file; a power cut may lose the
-                # last transactions, which bulk ingestion redelivers anyway.
-                connection.execute("PRAGMA synchronous=NORMAL")
-                connection.execute("PRAGMA cache_size=-65536")  # 64 MiB
-            except sqlite3.DatabaseError as error:
-                raise DatabaseError(f"{self.location}: not a usable SQLite file ({error})") from None
+            # Opening can meet the lock of another process's checkpoint or first WAL recovery
+            # without SQLite's busy handler waiting for it: wait here, up to the timeout.
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    connection = self._new_connection()
+                    break
+                except sqlite3.DatabaseError as error:
+                    if not _is_busy(error):
+                        raise DatabaseError(
+                            f"{self.location}: not a usable SQLite file ({error})") from None
+                    if time.monotonic() >= deadline:
+                        raise DatabaseError(f"{self.location}: {error}", transient=True) from None
+                    time.sleep(0.05)
             self._connection, self._pid = connection, os.getpid()
         return self._connection
+
+    def _new_connection(self):
+        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                                     check_same_thread=False)
+        try:
+            application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+            if application_id not in (0, APPLICATION_ID):
+                raise DatabaseError(f"{self.location}: an SQLite file of another application")
+            connection.execute("PRAGMA journal_mode=WAL")
+            # WAL with synchronous=NORMAL cannot corrupt the file; a power cut may lose the
+            # last transactions, which bulk ingestion redelivers anyway.
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA cache_size=-65536")  # 64 MiB
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     @contextmanager
     def _reading(self):
