@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .errors import InvalidParameterError
+from .goldberg import is_featureless
 
 # Signature values are -2..2: five states, so three of them fit in a byte (5**3 = 125).
 _BASE = 5
@@ -58,12 +59,6 @@ class Record:
         if self.windows is not None and len(self.windows):
             data["windows"] = np.asarray(self.windows).tolist()
         return data
-
-    def all_signatures(self):
-        """(1 + W, L): the signature, then the windows' signatures."""
-        if self.windows is None or not len(self.windows):
-            return np.asarray(self.signature)[None]
-        return np.concatenate([np.asarray(self.signature)[None], self.windows])
 
 
 def default_id(path):
@@ -122,6 +117,12 @@ def unpack_signatures(packed, length=648):
     return _UNPACK[packed].reshape(packed.shape[0], -1)[:, :length]
 
 
+def indexed_window_words(window_words, windows):
+    """The words of a record's crop windows that a store indexes: all but those of featureless
+    windows, whose words every blank patch shares. (K, N), K <= W."""
+    return np.asarray(window_words)[~is_featureless(windows)]
+
+
 def pack_windows(windows):
     """A record's crop windows' signatures ((W, L) array, or None) as one run of bytes: their
     ``pack_signatures`` rows one after the other (None stays None)."""
@@ -132,7 +133,7 @@ def unpack_windows(packed, length=648):
     """The inverse of ``pack_windows``: (W, length) int8, or None."""
     if packed is None:
         return None
-    rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, -(-length // _PER_BYTE))
+    rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, packed_size(length))
     return unpack_signatures(rows, length)
 
 

@@ -48,6 +48,7 @@ import itertools
 import reprlib
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from operator import itemgetter
 
@@ -722,22 +723,50 @@ def record_distances(signatures, records, margins=None):
     (len(records),) float64 ndarray
     """
     margins = np.zeros(len(signatures)) if margins is None else np.asarray(margins)
-    if all(record.windows is None for record in records):  # the usual case, without a loop
-        stored = np.stack([record.signature for record in records])
-        return np.minimum((distance_matrix(signatures, stored) + margins[:, None]).min(axis=0),
-                          1.0)
-    stored = [record.all_signatures() for record in records]
-    counts = np.array([len(s) for s in stored])
-    owner = np.repeat(np.arange(len(stored)), counts)
-    # A stored window's match takes WINDOW_MARGIN more than the record's own signature's.
-    stored_margins = np.full(counts.sum(), WINDOW_MARGIN)
-    stored_margins[np.cumsum(counts) - counts] = 0.0
-    stored = np.concatenate(stored)
-    per_signature = ((distance_matrix(signatures, stored) + margins[:, None]).min(axis=0)
-                     + stored_margins)
-    distances = np.full(len(records), np.inf)
-    np.minimum.at(distances, owner, per_signature)
+
+    def nearest(stored):
+        return (distance_matrix(signatures, stored) + margins[:, None]).min(axis=0)
+
+    distances = nearest(np.stack([record.signature for record in records]))
+    windowed = [(index, record.windows) for index, record in enumerate(records)
+                if record.windows is not None and len(record.windows)]
+    if windowed:
+        # A match through a stored window counts WINDOW_MARGIN more.
+        owners = np.concatenate([np.full(len(windows), index) for index, windows in windowed])
+        through_windows = nearest(np.concatenate([windows for _, windows in windowed]))
+        np.minimum.at(distances, owners, through_windows + WINDOW_MARGIN)
     return np.minimum(distances, 1.0)
+
+
+def scored_candidates(hits, records):
+    """Per query signature, its candidates as records carrying that hit's score.
+
+    Parameters
+    ----------
+    hits : list of [(key, score)]
+        Per query signature, the engine's candidates, best first.
+    records : dict
+        ``{key: Record}``, each candidate read once per search (the signatures of one search,
+        its orientations and parts, share most candidates); a key missing (a record deleted
+        meanwhile) is left out.
+
+    A record's first hit carries the record itself; a later one a copy with its own score.
+    """
+    seen, results = set(), []
+    for found in hits:
+        listed = []
+        for key, score in found:
+            record = records.get(key)
+            if record is None:
+                continue
+            if key in seen:
+                record = replace(record, score=score)
+            else:
+                seen.add(key)
+                record.score = score
+            listed.append(record)
+        results.append(listed)
+    return results
 
 
 def pair_distances(head, records, searched):

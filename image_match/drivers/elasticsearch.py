@@ -53,7 +53,6 @@ import re
 import ssl
 import urllib.error
 import urllib.request
-from dataclasses import replace
 from datetime import datetime, timezone
 from hashlib import blake2b
 from urllib.parse import unquote, urlsplit
@@ -61,10 +60,10 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from ..errors import DatabaseError, InvalidParameterError
-from ..goldberg import is_featureless
-from ..records import (Record, filter_matches, normalize_filter, pack_signatures, pack_windows,
-                       packed_size, unpack_signatures, unpack_windows)
-from ..signature_database_base import SignatureDatabaseBase
+from ..records import (Record, filter_matches, indexed_window_words, normalize_filter,
+                       pack_signatures, pack_windows, packed_size, unpack_signatures,
+                       unpack_windows)
+from ..signature_database_base import SignatureDatabaseBase, scored_candidates
 from ..words import make_words, word_field_names
 
 LAYOUTS = ("words", "simple_words")
@@ -335,9 +334,9 @@ class SignatureES(SignatureDatabaseBase):
             with_windows = None  # the record's words and its windows', when it has windows
             if record.windows is not None and not self.legacy:
                 document["windows"] = base64.b64encode(pack_windows(record.windows)).decode()
-                # Featureless windows' words are every blank patch's: not indexed.
                 with_windows = np.concatenate(
-                    [record.words[None], record.window_words[~is_featureless(record.windows)]])
+                    [record.words[None], indexed_window_words(record.window_words,
+                                                              record.windows)])
             if self.layout == "words":
                 document[_WORDS_FIELD] = (
                     plain_tags[index] if with_windows is None
@@ -362,26 +361,26 @@ class SignatureES(SignatureDatabaseBase):
             searches.append({"query": query, "size": size, "timeout": self.timeout,
                              "track_total_hits": False, "_source": {"excludes": _NOT_RETURNED}})
         responses = self._client.msearch(searches)["responses"]
-        portable = pre_filter if isinstance(pre_filter, dict) else None
-        results, parsed = [], {}
+        hit_lists = []
         for response in responses:
             if "error" in response:
                 status = response.get("status")
                 raise DatabaseError(f"{self.location}: search failed: {_reason(response['error'])}",
                                     transient=status == 429 or (status or 0) >= 500)
-            hits = response["hits"]["hits"]
-            # Each record is unpacked once per search: the signatures of one search
-            # (orientations, parts) share most candidates. A record met again gets its own
-            # copy, with the score of this hit.
-            fresh = {record.id: record
-                     for record in self._from_hits([h for h in hits if h["_id"] not in parsed])}
-            records = [fresh.get(hit["_id"]) or replace(parsed[hit["_id"]], score=hit.get("_score"))
-                       for hit in hits]
-            parsed.update(fresh)
-            # The engine's translation of a portable filter may let more through (values inside
-            # lists, 1.x's text fields): the reference semantics decide.
-            results.append([r for r in records if filter_matches(r.metadata, portable)])
-        return results
+            hit_lists.append(response["hits"]["hits"])
+        # Every candidate of the search unpacked in one call, each once.
+        first = {}
+        for hits in hit_lists:
+            for hit in hits:
+                first.setdefault(hit["_id"], hit)
+        parsed = {record.id: record for record in self._from_hits(list(first.values()))}
+        candidates = scored_candidates([[(hit["_id"], hit.get("_score")) for hit in hits]
+                                        for hits in hit_lists], parsed)
+        # The engine's translation of a portable filter may let more through (values inside
+        # lists, 1.x's text fields): the reference semantics decide.
+        portable = pre_filter if isinstance(pre_filter, dict) else None
+        return [[r for r in records if filter_matches(r.metadata, portable)]
+                for records in candidates]
 
     def _words_query(self, row):
         """Records sharing at least ``minimum_should_match`` of the words ``row``, scored by the
@@ -466,9 +465,8 @@ class SignatureES(SignatureDatabaseBase):
         return records
 
     def _get(self, ids):
-        docs = [{"_id": i, "_source": {"excludes": _NOT_RETURNED}} for i in ids]
-        found = {}
-        docs = self._client.mget(docs)["docs"]
+        docs = self._client.mget([{"_id": i, "_source": {"excludes": _NOT_RETURNED}}
+                                  for i in ids])["docs"]
         for doc in docs:
             if "error" in doc:
                 raise DatabaseError(f"{self.location}: reading {doc['_id']}: {_reason(doc['error'])}")

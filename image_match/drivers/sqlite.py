@@ -25,15 +25,14 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from copy import copy
 from datetime import datetime, timezone
 
 import numpy as np
 
 from ..errors import DatabaseError
-from ..goldberg import is_featureless
-from ..records import Record, pack_signatures, pack_windows, unpack_signatures, unpack_windows
-from ..signature_database_base import SignatureDatabaseBase
+from ..records import (Record, indexed_window_words, pack_signatures, pack_windows,
+                       unpack_signatures, unpack_windows)
+from ..signature_database_base import SignatureDatabaseBase, scored_candidates
 from ..words import make_words
 
 SCHEMA_VERSION = 1
@@ -285,21 +284,12 @@ class SignatureSQLite(SignatureDatabaseBase):
             return self._ranked(connection, hits)
 
     def _ranked(self, connection, hits):
-        """The candidate lists of ``hits`` (per query signature, ``[(rowid, shared words)]``) as
-        records, most shared words first. The signatures of one search (orientations, parts)
-        share most candidates: each record is read once, and each list gets its own copy with
-        its own score."""
+        """The candidate lists of ``hits`` (per query signature, ``[(rowid, shared words)]``, most
+        shared first) as records (``scored_candidates``), each read once per search."""
         fetched = dict(self._fetch(connection, "rowid",
                                    list({rowid for found in hits for rowid, _ in found})))
-        results = []
-        for found in hits:
-            records = []
-            for rowid, shared in found:
-                if rowid in fetched:
-                    records.append(copy(fetched[rowid]))
-                    records[-1].score = float(shared)
-            results.append(sorted(records, key=lambda r: -r.score))
-        return results
+        return scored_candidates([[(rowid, float(shared)) for rowid, shared in found]
+                                  for found in hits], fetched)
 
     def _fetch(self, connection, column, keys):
         """``[(rowid, Record)]`` for the rows whose ``column`` is in ``keys``."""
@@ -365,15 +355,13 @@ class SignatureSQLite(SignatureDatabaseBase):
 
 def _indexed_words(words, window_words, windows, rowids):
     """``(words, owners)``: the (M', N) words to index for records (each record's own, then its
-    windows' but for featureless windows, whose words every blank patch shares) and the rowid of
-    each row."""
+    windows', ``indexed_window_words``) and the rowid of each row."""
     rows, owners = [np.asarray(words)], [np.asarray(rowids)]
     for own_words, window_signatures, rowid in zip(window_words, windows, rowids):
         if own_words is None or window_signatures is None:
             continue
-        kept = ~is_featureless(window_signatures)
-        rows.append(np.asarray(own_words)[kept])
-        owners.append(np.full(int(kept.sum()), rowid, dtype=np.int64))
+        rows.append(indexed_window_words(own_words, window_signatures))
+        owners.append(np.full(len(rows[-1]), rowid, dtype=np.int64))
     return np.concatenate(rows), np.concatenate(owners)
 
 
