@@ -528,6 +528,12 @@ def rotate_grey(grey, degrees):
     return np.clip(turned, min(float(grey.min()), 0.0), float(grey.max()))
 
 
+def corner_crops_hold(area, side=CORNER_CROP_SIDE):
+    """True when a copy keeping ``side`` of each side from a corner holds its original's central
+    window of ``area`` whole: for areas up to ``(2 * side - 1) ** 2`` (62% at the default)."""
+    return 0 < area < 1 and 0.5 + math.sqrt(area) / 2 <= side < 1
+
+
 def corner_crop_windows(area=min(CROP_WINDOW_AREAS), side=CORNER_CROP_SIDE):
     """Where a copy cropped at a corner shows its original's central window.
 
@@ -541,10 +547,10 @@ def corner_crop_windows(area=min(CROP_WINDOW_AREAS), side=CORNER_CROP_SIDE):
     list of (top, bottom, left, right)
         Fractions of the copy's height and width, as ``window_of`` takes them.
     """
-    half = float(np.sqrt(area)) / 2
-    if not 0 < area < 1 or not 0.5 + half <= side < 1:
+    if not corner_crops_hold(area, side):
         raise InvalidParameterError(f"corner crops keeping {side!r} of each side do not hold the "
                                     f"central window of area {area!r}")
+    half = math.sqrt(area) / 2
     kept_start = ((0.5 - half) / side, (0.5 + half) / side)  # the copy starts where it did
     kept_end = ((0.5 - half - (1 - side)) / side, (0.5 + half - (1 - side)) / side)
     return [(*rows, *columns) for rows in (kept_start, kept_end) for columns in (kept_start, kept_end)]

@@ -56,7 +56,7 @@ import numpy as np
 
 from .errors import DatabaseError, ImageMatchError, InvalidParameterError, RecordNotFoundError
 from .goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, WINDOW_MARGIN, ImageSignature,
-                       distance_matrix, is_featureless, map_signing, query_margins,
+                       corner_crops_hold, distance_matrix, is_featureless, map_signing, query_margins,
                        signature_variants)
 from .goldberg import normalized_distance as _normalized_distance
 from .loading import describe
@@ -383,11 +383,12 @@ class SignatureDatabaseBase:
         can show (one of at most 62% of the area, as ``crop_windows=True``'s 50%).
         """
         area = min(self.crop_windows, default=None)
-        usable = area is not None and 0.5 + np.sqrt(area) / 2 <= CORNER_CROP_SIDE
+        usable = area is not None and corner_crops_hold(area)
         if corner_crops and not usable:
+            largest = (2 * CORNER_CROP_SIDE - 1) ** 2
             raise InvalidParameterError(
                 f"{self.location}: corner_crops needs a store made with crop windows (of at most "
-                f"62% of the area; this one has {list(self.crop_windows) or 'none'})")
+                f"{largest:.0%} of the area; this one has {list(self.crop_windows) or 'none'})")
         return {"orientations": bool(all_orientations), "frames": bool(frames or robust),
                 "small_rotations": bool(small_rotations or robust), "insets": bool(insets or robust),
                 "corner_crops": area if usable and (corner_crops or robust) else False}
