@@ -424,18 +424,8 @@ def _import_item(line):
         raise InvalidParameterError(f"not JSON ({error})") from None
     if not isinstance(record, dict) or "path" not in record or "signature" not in record:
         raise InvalidParameterError("not a record (needs path and signature)")
-    signature = record["signature"]
-    if not isinstance(signature, list) or not all(type(v) is int and -2 <= v <= 2 for v in signature):
-        raise InvalidParameterError(f"{record['path']}: signature must be a list of integers -2..2")
-    item = {key: record.get(key) for key in ("id", "path", "signature", "metadata")}
-    windows = record.get("windows")
-    if windows is not None:
-        if not isinstance(windows, list) or not all(
-                isinstance(w, list) and all(type(v) is int and -2 <= v <= 2 for v in w)
-                for w in windows):
-            raise InvalidParameterError(
-                f"{record['path']}: windows must be a list of signatures (integers -2..2)")
-        item["windows"] = windows
+    # The signature's and windows' codes are checked by add_signatures, which names the path.
+    item = {key: record.get(key) for key in ("id", "path", "signature", "metadata", "windows")}
     timestamp = record.get("timestamp")
     if timestamp is not None:
         try:
