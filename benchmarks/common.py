@@ -24,6 +24,26 @@ def corpus_paths():
     return folder, paths
 
 
+#: The share of the dev corpus kept out of every choice of a default, a margin or a threshold:
+#: numbers on it tell how a tuned default does on photos it was not tuned on.
+HOLDOUT_SHARE = 0.25
+
+
+def is_held_out(path):
+    """Whether a corpus photo belongs to the held-out share: a hash of its file name, so the split
+    is the same in every benchmark, on every machine, and does not move when photos are added."""
+    import hashlib
+
+    digest = hashlib.blake2b(Path(path).name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < HOLDOUT_SHARE * 2 ** 64
+
+
+def split_held_out(paths):
+    """``(tuning, held_out)``: the photos defaults may be chosen on, and the ones kept out."""
+    paths = list(paths)
+    return [p for p in paths if not is_held_out(p)], [p for p in paths if is_held_out(p)]
+
+
 def load_image_match_1x():
     """image-match 1.1.2's goldberg module, or None.
 
