@@ -45,7 +45,7 @@ Metrics:
 
 Methods (columns):
 
-- ``1.x``, ``paper``: ``ImageSignature(variant=...)`` with the draft decode (the default);
+- ``1.x``, ``paper``: ``ImageSignature(variant=..., draft=True)`` (new stores' draft decode);
   ``-full``: ``draft=False`` (``1.x-full`` is image-match 1.1.2's signature bit for bit);
   ``+o``: all_orientations, the minimum distance over the query's ``orientation_signatures``
   (for ``paper`` its ``signature_variants``, which are the same arrays; the run checks this on
@@ -705,6 +705,7 @@ def measure_costs(files, table, seed, out):
     run), and CPU time per ``search_image`` with each option (a store of the originals, a seeded
     sample of copies), in this process."""
     from common import time_per_item
+    from image_match.drivers import NEW_STORE_DEFAULTS
     from image_match.drivers.sqlite import SignatureSQLite
 
     signatures = table["1.x draft"][:, 0]
@@ -717,7 +718,7 @@ def measure_costs(files, table, seed, out):
         sizes = {}
         for crops in (False, True):
             path = Path(folder) / f"index-{crops}.db"
-            store = SignatureSQLite(path, crop_windows=crops)
+            store = SignatureSQLite(path, crop_windows=crops, new_store_defaults=NEW_STORE_DEFAULTS)
             empty = _file_bytes(store)
             for start in range(0, len(files.paths), 500):
                 stop = min(start + 500, len(files.paths))
@@ -735,7 +736,8 @@ def measure_costs(files, table, seed, out):
 
         stores = {}
         for crops in (False, True):
-            store = SignatureSQLite(Path(folder) / f"search-{crops}.db", crop_windows=crops)
+            store = SignatureSQLite(Path(folder) / f"search-{crops}.db", crop_windows=crops,
+                                    new_store_defaults=NEW_STORE_DEFAULTS)
             store.add_signatures([
                 {"path": str(files.paths[f]), "id": str(f), "signature": signatures[f],
                  **({"windows": windows[f]} if crops else {})}

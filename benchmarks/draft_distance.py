@@ -2,13 +2,14 @@
 
     python benchmarks/draft_distance.py
 
-For each photo: the normalized distance between ``ImageSignature(draft=True)`` (the default) and
-``ImageSignature(draft=False)`` (image-match 1.x's exact signature), per variant; and for scale,
-the distance a real transformation causes (a Lanczos resize to half size, a JPEG re-encode at
-quality 75), signed the exact way. Draft decoding is the default because its distances stay far
-below the 0.45 cutoff and below those of a half-size resize. One more row shows why the loader
-decodes colour: signing the JPEG's luma plane alone (faster, see signature_speed.py) moves
-signatures much further, because luma weighs red and blue unlike 1.x's grey.
+For each photo: the normalized distance between ``ImageSignature(draft=True)`` (image-match 2's
+stores) and ``ImageSignature(draft=False)`` (the default: image-match 1.x's exact signature), per
+variant; and for scale, the distance a real transformation causes (a Lanczos resize to half size, a
+JPEG re-encode at quality 75), signed the exact way. Draft decoding is image-match 2's default for
+new stores because its distances stay far below the cutoff and below those of a half-size resize.
+One more row shows why the loader decodes colour: signing the JPEG's luma plane alone (faster, see
+signature_speed.py) moves signatures much further, because luma weighs red and blue unlike 1.x's
+grey.
 """
 
 import io
@@ -61,7 +62,7 @@ def main():
           f"(DRAFT_MIN_SIDE={DRAFT_MIN_SIDE}); {machine_line()}\n")
     rows = []
     for variant in ("1.x", "paper"):
-        draft = ImageSignature(variant=variant)
+        draft = ImageSignature(variant=variant, draft=True)
         exact = ImageSignature(variant=variant, draft=False)
         full = [exact.generate_signature(p) for p in paths]
         rows.append(summary(f"{variant}: draft vs full decode",

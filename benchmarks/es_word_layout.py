@@ -56,7 +56,7 @@ def _variants(job):
     """Signatures of ``count`` random crops / rescales / flips of one image (one process's work)."""
     path, count, seed = job
     rng = np.random.default_rng(seed)
-    gis = ImageSignature()
+    gis = ImageSignature(draft=True)
     image = Image.open(path).convert("L")
     image.thumbnail((1024, 1024))
     width, height = image.size
@@ -92,7 +92,7 @@ def _query(job):
     image = image.resize((int(image.width * scale), int(image.height * scale)))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=int(rng.integers(50, 90)))
-    return ImageSignature().generate_signature(buffer.getvalue())
+    return ImageSignature(draft=True).generate_signature(buffer.getvalue())
 
 
 def dataset(records, queries, workers):

@@ -8,6 +8,7 @@ catch is in ``image_match.errors``.
 __version__ = "2.0.0.dev0"
 
 from .errors import (  # noqa: E402
+    CorruptImageError,
     DatabaseError,
     FetchError,
     ImageLoadError,
@@ -26,6 +27,7 @@ from .words import make_words  # noqa: E402
 
 __all__ = [
     "__version__",
+    "CorruptImageError",
     "DatabaseError",
     "FetchError",
     "ImageLoadError",

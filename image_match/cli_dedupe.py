@@ -121,9 +121,11 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
             paths = [store_path(path) for path, _ in found]
             roots = {store_path(path): root and os.path.abspath(root) for path, root in found}
         else:
+            from .drivers import NEW_STORE_DEFAULTS
             from .drivers.sqlite import SignatureSQLite
 
-            db = SignatureSQLite(os.path.join(folder, "dedupe.db"), **store_options)
+            db = SignatureSQLite(os.path.join(folder, "dedupe.db"),
+                                 new_store_defaults=NEW_STORE_DEFAULTS, **store_options)
             paths = [path for path, _ in found]
             roots = dict(found)
         try:

@@ -31,6 +31,14 @@ class ImageLoadError(ImageMatchError, ValueError):
         return (type(self), (self.source, self.reason))
 
 
+class CorruptImageError(ImageLoadError, RuntimeError):
+    """The input's bytes are not an image that can be decoded (empty, an unknown format, broken).
+
+    image-match 1.x's name (a RuntimeError there), importable from ``image_match.goldberg`` as it
+    was; an ``ImageLoadError`` like every other input that cannot be signed.
+    """
+
+
 class FetchError(ImageLoadError):
     """A URL could not be fetched.
 

@@ -62,7 +62,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from .errors import ImageMatchError, InvalidParameterError
+# CorruptImageError is imported from here by image-match 1.x code.
+from .errors import CorruptImageError, ImageMatchError, InvalidParameterError  # noqa: F401
 from .loading import decode_grey, load_grey
 
 VARIANTS = ("1.x", "paper")
@@ -844,12 +845,13 @@ class ImageSignature:
     draft : bool
         Decode large JPEGs at a reduced scale (still at least ``DRAFT_MIN_SIDE`` pixels on the
         short side). Several times faster; signatures move by a small distance (see README.rst).
-        Signatures equal 1.x's only with ``draft=False``.
+        False (the default, as 1.x): every pixel is decoded, and signatures equal 1.x's. The
+        stores image-match 2 creates sign with True (``drivers.NEW_STORE_DEFAULTS``).
     """
 
     def __init__(self, n=9, crop_percentiles=(5, 95), P=None, diagonal_neighbors=True,
                  identical_tolerance=2 / 255.0, n_levels=2, fix_ratio=False, variant="1.x",
-                 draft=True):
+                 draft=False):
         if type(n) is not int or n < 2:
             raise InvalidParameterError(f"n={n!r}: must be an integer of at least 2")
         if crop_percentiles is not None:
@@ -875,6 +877,8 @@ class ImageSignature:
             raise InvalidParameterError(f"n_levels={n_levels!r}: must be a positive integer")
         if type(fix_ratio) is not bool:
             raise InvalidParameterError(f"fix_ratio={fix_ratio!r}: must be a bool")
+        if type(draft) is not bool:
+            raise InvalidParameterError(f"draft={draft!r}: must be a bool")
         _check_variant(variant)
 
         self.n = n
@@ -886,7 +890,7 @@ class ImageSignature:
         self.n_levels = n_levels
         self.fix_ratio = fix_ratio
         self.variant = variant
-        self.draft = bool(draft)
+        self.draft = draft
         self.sig_length = n * n * (8 if diagonal_neighbors else 4)
 
     def parameters(self):

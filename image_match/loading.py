@@ -3,7 +3,8 @@
 ``load_grey`` accepts a path (str or PathLike), an http(s) URL (fetched by
 ``image_match.fetching``, with its timeouts, byte cap and address checks), bytes / bytearray /
 memoryview, a binary file object, a numpy array or a PIL image, and returns the grey levels the
-signature is computed from. Every failure is an ``ImageLoadError`` whose message names the input.
+signature is computed from. Every failure is an ``ImageLoadError`` whose message names the input;
+bytes that are not a decodable image (empty, unknown format, broken) raise its ``CorruptImageError``.
 
 What it does to the picture:
 
@@ -31,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import settings as _settings
-from .errors import ImageLoadError, InvalidParameterError
+from .errors import CorruptImageError, ImageLoadError, InvalidParameterError
 
 # The smallest short side a draft decode may produce. Chosen by measuring the signature distance
 # between draft and full decodes over the dev corpus (benchmarks/draft_distance.py, README.rst).
@@ -112,7 +113,7 @@ def decode_grey(image, *, bytestream=False, draft=True, scale="1.x", max_pixels=
             try:
                 opened = Image.open(data)
             except UnidentifiedImageError:
-                raise ImageLoadError(source, "not an image (unrecognized format)") from None
+                raise CorruptImageError(source, "not an image (unrecognized format)") from None
             except Image.DecompressionBombError as error:
                 raise ImageLoadError(source, f"refused: too many pixels ({error})") from None
             with opened:
@@ -122,7 +123,7 @@ def decode_grey(image, *, bytestream=False, draft=True, scale="1.x", max_pixels=
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError,
             TypeError, MemoryError, Image.DecompressionBombError) as error:
         # Pillow reports broken files with a variety of exception types.
-        raise ImageLoadError(source, _pil_reason(error)) from None
+        raise CorruptImageError(source, _pil_reason(error)) from None
 
 
 def describe(image, bytestream=False):
@@ -151,7 +152,7 @@ def _open_source(image, bytestream):
         data = bytes(image)
         source = f"bytes ({len(data)} bytes)"
         if not data:
-            raise ImageLoadError(source, "empty input")
+            raise CorruptImageError(source, "empty input")
         return source, io.BytesIO(data)
     if bytestream:
         raise ImageLoadError(describe(image), "bytestream=True needs bytes, bytearray or memoryview")
@@ -177,7 +178,7 @@ def _open_source(image, bytestream):
             raise ImageLoadError(source, f"cannot open: {error}") from None
         if os.fstat(handle.fileno()).st_size == 0:
             handle.close()
-            raise ImageLoadError(source, "empty file")
+            raise CorruptImageError(source, "empty file")
         return source, handle
     if hasattr(image, "read"):
         source = describe(image)
@@ -188,7 +189,7 @@ def _open_source(image, bytestream):
         if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
             raise ImageLoadError(source, "file is not opened in binary mode")
         if not data:
-            raise ImageLoadError(source, "empty file")
+            raise CorruptImageError(source, "empty file")
         return source, io.BytesIO(bytes(data))
     raise ImageLoadError(
         describe(image),

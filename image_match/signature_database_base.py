@@ -21,9 +21,21 @@ primitive                   what the driver does
 ``describe()``              engine, location and size, for ``stats``
 ==========================  =====================================================================
 
-A store records the parameters it was built with (signature variant, grid, words, crop windows)
-when it is created and always signs its queries with those: a store opened with other explicit
-parameters refuses with ``InvalidParameterError`` rather than mixing signatures that do not compare.
+Defaults. Constructed directly (``SignatureES(es)``, ``SignatureSQLite(path)``), a store has
+image-match 1.x's defaults: full-scale decoding, cutoff 0.45 (``CUTOFF_1X``), and a new record with a
+new id for every ``add_image`` (``ids="new"``). image-match 2's own entry points (``open_database``,
+and through it the CLI, ingestion and the service) give a NEW store its better defaults
+explicitly, from ``drivers.NEW_STORE_DEFAULTS`` (``new_store_defaults=``).
+
+A store records its parameters when it is created - the signature's (variant, grid, draft
+decoding), its words (k, N), crop windows, cutoff and id scheme - and adopts them whenever it is
+opened again, whoever opens it, so that it is always queried the way its records were signed.
+Given explicitly, a parameter that decides what is stored (the signature's, words, crop windows)
+must equal the recorded one (else ``InvalidParameterError``: signatures made otherwise do not
+compare); the cutoff and the id scheme, which decide only how a search or an add behaves, may be
+overridden for this handle (and ``search_image(distance_cutoff=...)`` for one call). A store of
+image-match 1.x's documents recorded nothing: it has 1.x's parameters, full-scale decoding
+included.
 
 Crops, bars, rotations and insets. A store created with ``crop_windows=True`` keeps, beside each
 image's signature, the signatures of its central windows (``goldberg.CROP_WINDOW_AREAS``: the
@@ -39,13 +51,16 @@ is the smallest over the query's signatures and the record's, a match through a 
 counting with a margin; the engine is still asked once per search. benchmarks/accuracy.py
 measures each option.
 
-Ids: ``add_image(path)`` gives a record the id ``default_id(path)``, a hash of the path, so adding
-the same path again replaces the record instead of adding a second one. Give ``id=`` to choose.
+Ids (``ids``, recorded with the store): ``"new"`` (1.x's) gives every added record a new id, so
+adding the same path twice keeps two records (``delete_duplicates`` removes the extra ones);
+``"path"`` gives it ``default_id(path)``, a hash of the path, so adding the same path again
+replaces the record (bulk ingestion delivered twice writes nothing twice). ``id=`` chooses one.
 """
 
 import functools
 import itertools
 import reprlib
+import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import replace
@@ -63,20 +78,31 @@ from .loading import describe
 from .records import Record, check_metadata, default_id, normalize_filter, now
 from .words import make_words
 
-# Two unrelated photos are closer than 0.40 with a probability of about 1e-6 (5.3e-7 over 1.9
-# million pairs of the dev corpus and its copies), against 4e-5 at image-match 1.x's 0.45; see
-# README.rst ("What the cutoff means") and benchmarks/accuracy.py.
+#: image-match 1.x's cutoff: a store constructed directly, or holding 1.x's documents, has it.
+CUTOFF_1X = 0.45
+# image-match 2's cutoff, which its entry points give a new store (drivers.NEW_STORE_DEFAULTS):
+# two unrelated photos are closer than 0.40 with a probability of about 1e-6 (5.3e-7 over 1.9
+# million pairs of the dev corpus and its copies), against 4e-5 at 1.x's 0.45; see README.rst
+# ("What the cutoff means") and benchmarks/accuracy.py.
 DEFAULT_CUTOFF = 0.40
-CONFIG_FORMAT = 2
+#: How ``add_image`` names a record when no ``id`` is given: "new" (a new id each time, 1.x's) or
+#: "path" (``records.default_id(path)``: adding a path again replaces its record).
+ID_SCHEMES = ("new", "path")
+CONFIG_FORMAT = 3
 
-# The keys of ImageSignature's parameters that decide what a signature is (draft only moves
-# signatures by a small distance, so a store does not pin it).
+# ImageSignature's parameters in its positional order; all but draft decide what a signature is,
+# and draft decides which pixels it is computed from: a store records and pins them all.
 _SIGNATURE_KEYS = ("n", "crop_percentiles", "P", "diagonal_neighbors", "identical_tolerance",
-                   "n_levels", "fix_ratio", "variant")
+                   "n_levels", "fix_ratio", "variant", "draft")
+# What a store made before configuration format 3 did not record, as image-match 2 had them then.
+_UNRECORDED = {"draft": True, "distance_cutoff": DEFAULT_CUTOFF, "ids": "path"}
 
 
 class SignatureDatabaseBase:
-    """A store of image signatures, with image-match 1.x's constructor and methods.
+    """A store of image signatures, with image-match 1.x's constructor, defaults and methods.
+
+    Every parameter but ``size`` and ``new_store_defaults`` is recorded with a new store and, when
+    not given, taken from the store's record when it exists (see the module's docstring).
 
     Parameters
     ----------
@@ -88,42 +114,70 @@ class SignatureDatabaseBase:
         The signature's grid is ``n_grid`` x ``n_grid`` (9).
     crop_percentile : (float, float) or None
         The signature's crop (5, 95).
-    distance_cutoff : float
-        Matches are closer than this: 0.40 (image-match 1.x's code used 0.45, its documentation
-        0.40; at 0.45 a store of a million photos returns about 40 unrelated matches a query).
+    distance_cutoff : float or None
+        Matches are closer than this. None: the store's; for a new store 1.x's 0.45
+        (``CUTOFF_1X``; image-match 2's entry points give new stores 0.40, ``DEFAULT_CUTOFF``: at
+        0.45 a store of a million photos returns about 40 unrelated matches a query).
     size : int
         Candidates the engine returns per query signature before the exact distance ranks them.
     crop_windows : bool, sequence of float or None
         For a new store: True keeps the signatures of each image's central windows
         (``CROP_WINDOW_AREAS``, or the areas given, each in (0, 1)) beside its own, so that copies
         cropped to their centre are found, at about 3 times the index size. None: the store's own
-        setting (off for a new store). Recorded with the store; another explicit value refuses.
+        setting (off for a new store). Another explicit value than the store's refuses.
+    ids : {"new", "path"} or None
+        How ``add_image`` names a record given no ``id`` (``ID_SCHEMES``). None: the store's; for a
+        new store "new", a new record each time, as 1.x.
+    new_store_defaults : dict, optional
+        Keyword arguments of this constructor used, for those not given, if the store does not
+        exist yet and is created now; ignored for an existing store (``open_database`` passes
+        ``drivers.NEW_STORE_DEFAULTS``).
     *signature_args, **signature_kwargs
-        More ``ImageSignature`` parameters (``variant``, ``draft``, ``P``...).
+        More ``ImageSignature`` parameters (``P``, ``variant``, ``draft``...). ``draft`` not given:
+        the store's; for a new store False, full-scale decoding as 1.x.
     """
 
-    def __init__(self, k=16, N=63, n_grid=9, crop_percentile=(5, 95), distance_cutoff=DEFAULT_CUTOFF,
-                 *signature_args, size=100, crop_windows=None, **signature_kwargs):
+    def __init__(self, k=16, N=63, n_grid=9, crop_percentile=(5, 95), distance_cutoff=None,
+                 *signature_args, size=100, crop_windows=None, ids=None, new_store_defaults=None,
+                 **signature_kwargs):
+        if len(signature_args) > len(_SIGNATURE_KEYS) - 2:
+            raise InvalidParameterError(
+                f"{len(signature_args)} positional ImageSignature parameters given after "
+                f"distance_cutoff, at most {len(_SIGNATURE_KEYS) - 2} ({', '.join(_SIGNATURE_KEYS[2:])})")
+        # What the caller gave: adopted from an existing store otherwise. k, N, the grid and the
+        # crop count as given when they differ from 1.x's defaults.
+        given = dict(zip(_SIGNATURE_KEYS[2:], signature_args), **signature_kwargs)
+        given.update((name, value) for name, value, default in (
+            ("k", k, 16), ("N", N, 63), ("n_grid", n_grid, 9),
+            ("crop_percentile", crop_percentile, (5, 95))) if value != default)
+        given.update((name, value) for name, value in (
+            ("distance_cutoff", distance_cutoff), ("crop_windows", crop_windows), ("ids", ids))
+            if value is not None)
+        if new_store_defaults is not None and not isinstance(new_store_defaults, Mapping):
+            raise InvalidParameterError(f"new_store_defaults={new_store_defaults!r}: must be a dict")
+        self._given = given
+        self._new_store_defaults = dict(new_store_defaults or {})
+        self._opened = False
+        self.size = _check_size(size)
+        self._configure(given)
+
+    def _configure(self, parameters):
+        """Set the store's parameters from constructor keyword arguments; 1.x's for those absent."""
+        parameters = dict(parameters)
+        k, N, n_grid = (parameters.pop(name, default) for name, default in
+                        (("k", 16), ("N", 63), ("n_grid", 9)))
         if type(k) is not int or type(N) is not int or type(n_grid) is not int:
             raise InvalidParameterError(f"k={k!r}, N={N!r}, n_grid={n_grid!r}: must be integers")
-        self.k = k
-        self.N = N
-        self.n_grid = n_grid
-        self.crop_percentile = crop_percentile
-        self.distance_cutoff = _check_cutoff(distance_cutoff)
-        self.size = _check_size(size)
-        self.crop_windows = _check_crop_windows(crop_windows)
-        self.gis = ImageSignature(n_grid, crop_percentile, *signature_args, **signature_kwargs)
-        # What the caller asked for explicitly, to be checked against an existing store's own.
-        explicit = set(signature_kwargs) | {
-            name for name, value, default in (("k", k, 16), ("N", N, 63), ("n", n_grid, 9),
-                                              ("crop_percentiles", crop_percentile, (5, 95)))
-            if value != default}
-        if crop_windows is not None:
-            explicit.add("crop_windows")
-        self._explicit = {key for key in explicit if key != "draft"}
-        # Positional ImageSignature parameters come after n and crop_percentiles, in this order.
-        self._explicit |= set(_SIGNATURE_KEYS[2:2 + len(signature_args)])
+        self.k, self.N, self.n_grid = k, N, n_grid
+        self.crop_percentile = parameters.pop("crop_percentile", (5, 95))
+        self.distance_cutoff = _check_cutoff(parameters.pop("distance_cutoff", CUTOFF_1X))
+        self.crop_windows = _check_crop_windows(parameters.pop("crop_windows", None))
+        self.ids = _check_ids(parameters.pop("ids", "new"))
+        # n and crop_percentiles are the store's n_grid and crop_percentile.
+        unknown = sorted(set(parameters) - set(_SIGNATURE_KEYS[2:]))
+        if unknown:
+            raise InvalidParameterError(f"{', '.join(unknown)}: not a parameter of a store")
+        self.gis = ImageSignature(n_grid, self.crop_percentile, **parameters)
 
     # --- the store's parameters -------------------------------------------------------------
 
@@ -135,28 +189,38 @@ class SignatureDatabaseBase:
             "N": self.N,
             "signature": {key: _jsonable(parameters[key]) for key in _SIGNATURE_KEYS},
             "crop_windows": list(self.crop_windows),
+            "distance_cutoff": self.distance_cutoff,
+            "ids": self.ids,
         }
 
     def _open(self, create=True):
-        """Adopt the parameters of an existing store, or create it. Drivers call this last in
-        their constructor."""
+        """Adopt the parameters of an existing store, or create it (with ``new_store_defaults``
+        for those not given, the first time). Drivers call this last in their constructor, and
+        again to create a store dropped meanwhile (which keeps this handle's parameters)."""
         stored = self._read_config()
         if stored is None:
             if not create:
                 raise DatabaseError(f"{self.location}: no such store")
+            if not self._opened:
+                self._configure({**self._new_store_defaults, **self._given})
             self._create(self._config())
-            return
-        self._adopt(stored)
+        else:
+            self._adopt(stored)
+        self._opened = True
 
     def _adopt(self, stored):
+        """Take the parameters a store recorded; those given explicitly that decide what is stored
+        must agree with them, the cutoff and the id scheme given override them for this handle."""
+        stored = _completed(stored)
+        given = self._given
         current = self._config()
         conflicts = [f"{key}={stored[key]!r}" for key in ("k", "N")
-                     if key in self._explicit and current[key] != stored[key]]
+                     if key in given and current[key] != stored[key]]
+        names = {"n": "n_grid", "crop_percentiles": "crop_percentile"}
         conflicts += [f"{key}={value!r}" for key, value in stored["signature"].items()
-                      if key in self._explicit and current["signature"].get(key) != value]
-        # Stores made before crop windows existed have none.
-        stored_windows = tuple(stored.get("crop_windows") or ())
-        if "crop_windows" in self._explicit and stored_windows != self.crop_windows:
+                      if names.get(key, key) in given and current["signature"].get(key) != value]
+        stored_windows = tuple(stored["crop_windows"])
+        if "crop_windows" in given and stored_windows != self.crop_windows:
             if not conflicts:
                 raise InvalidParameterError(
                     f"{self.location}: this store was made "
@@ -169,14 +233,13 @@ class SignatureDatabaseBase:
             raise InvalidParameterError(
                 f"{self.location}: this store was built with {', '.join(conflicts)}; open it with "
                 f"those parameters (signatures made otherwise do not compare)")
-        self.k, self.N = stored["k"], stored["N"]
         signature = dict(stored["signature"])
-        if signature.get("crop_percentiles") is not None:
-            signature["crop_percentiles"] = tuple(signature["crop_percentiles"])
-        self.n_grid = signature["n"]
-        self.crop_percentile = signature["crop_percentiles"]
-        self.crop_windows = stored_windows
-        self.gis = ImageSignature(draft=self.gis.draft, **signature)
+        parameters = {"k": stored["k"], "N": stored["N"], "n_grid": signature.pop("n"),
+                      "crop_percentile": _tuple_or_none(signature.pop("crop_percentiles")),
+                      "crop_windows": list(stored_windows) or None, **signature,
+                      "distance_cutoff": stored["distance_cutoff"], "ids": stored["ids"]}
+        parameters.update((key, given[key]) for key in ("distance_cutoff", "ids") if key in given)
+        self._configure(parameters)
 
     @property
     def location(self):
@@ -201,8 +264,8 @@ class SignatureDatabaseBase:
         refresh_after : bool
             Make the record searchable before returning (engines refresh their index).
         id : str, optional
-            The record's id; by default ``default_id(path)``, so that adding the same path again
-            replaces the record.
+            The record's id; by default a new one, or ``default_id(path)`` in a store with
+            ``ids="path"`` (adding the same path again then replaces the record).
 
         Raises
         ------
@@ -324,7 +387,7 @@ class SignatureDatabaseBase:
             raise InvalidParameterError(f"{path}: a record needs a signature")
         # Their range is checked by add_signatures, for the whole batch at once.
         signature = self._code_array(item["signature"], (self.gis.sig_length,), path, "signature")
-        record_id = item.get("id") or default_id(path)
+        record_id = item.get("id") or (default_id(path) if self.ids == "path" else uuid.uuid4().hex)
         if not isinstance(record_id, str):
             raise InvalidParameterError(f"{path}: id must be a string, not {record_id!r}")
         windows = item.get("windows")
@@ -818,6 +881,26 @@ def _store_fields(gis, areas, image, bytestream=False):
         return {"signature": gis.generate_signature(image, bytestream=bytestream)}
     signatures = gis.record_signatures(image, bytestream=bytestream, areas=areas)
     return {"signature": signatures[0], "windows": signatures[1:]}
+
+
+def _check_ids(ids):
+    if ids not in ID_SCHEMES:
+        raise InvalidParameterError(f"ids={ids!r}: must be one of {', '.join(map(repr, ID_SCHEMES))}")
+    return ids
+
+
+def _completed(stored):
+    """A recorded configuration with what older formats did not record (``_UNRECORDED``)."""
+    stored = dict(stored)
+    stored["signature"] = {"draft": _UNRECORDED["draft"], **stored["signature"]}
+    stored["crop_windows"] = stored.get("crop_windows") or []  # none before crop windows existed
+    for key in ("distance_cutoff", "ids"):
+        stored.setdefault(key, _UNRECORDED[key])
+    return stored
+
+
+def _tuple_or_none(value):
+    return None if value is None else tuple(value)
 
 
 def _check_cutoff(cutoff):

@@ -12,6 +12,7 @@ import pytest
 
 from image_match import settings
 from image_match.drivers import open_database
+from image_match.drivers.sqlite import SignatureSQLite
 from image_match.records import default_id
 from image_match.tasks import batch, config
 from image_match.tasks.jobs import Jobs, mask_password
@@ -256,6 +257,17 @@ def test_ids_are_deterministic(env, jobs, http_server, tmp_path):
         batch.ingest(job, database, items_of([url]), 0, jobs, Sent(jobs, job))
     store = open_database(database)
     assert store.count() == 1 and store.get(default_id(url))["path"] == url
+
+
+def test_ids_are_deterministic_in_a_store_that_makes_new_ones(env, jobs, http_server, tmp_path):
+    path = tmp_path / "images.db"
+    SignatureSQLite(path).close()  # 1.x's constructor: a new record for every add_image
+    database = f"sqlite:///{path}"
+    url = http_server.serve_bytes("/a.jpg", GOOD)
+    for job in (uuid.uuid4().hex, uuid.uuid4().hex):  # delivered twice: still one record
+        batch.ingest(job, database, items_of([url]), 0, jobs, Sent(jobs, job))
+    store = open_database(database)
+    assert store.ids == "new" and store.count() == 1 and store.get(default_id(url))["path"] == url
 
 
 def test_paths_are_read_by_the_worker(env, jobs, tmp_path):

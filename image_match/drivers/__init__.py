@@ -12,10 +12,33 @@ URL                                               store
 from urllib.parse import unquote, urlsplit
 
 from ..errors import InvalidParameterError
+from ..signature_database_base import DEFAULT_CUTOFF
+
+#: image-match 2's defaults for a store it creates: keyword arguments of the drivers' constructors,
+#: which ``open_database`` (and so the CLI, ingestion and the service) gives a NEW store for those
+#: the caller did not give. The store records them; an existing store keeps what it recorded,
+#: whoever opens it. The 1.x constructors called directly keep 1.x's defaults instead.
+NEW_STORE_DEFAULTS = {
+    # Decode large JPEGs at a reduced DCT scale (others box-averaged), the short side still at
+    # least 128 pixels: several times faster, a signature moves by a median 0.05 from the full
+    # decode (far below the cutoff), and copies are found as often (README.rst, "Compatibility with
+    # image-match 1.x"; benchmarks/draft_distance.py, benchmarks/accuracy.py). 1.x: False.
+    "draft": True,
+    # 5 pairs in 10 million unrelated photos are closer than 0.40, 4 in 100,000 closer than 1.x's
+    # 0.45, while the copies are still found (README.rst, "What the cutoff means").
+    "distance_cutoff": DEFAULT_CUTOFF,
+    # A record's id is a hash of its path (records.default_id): adding the same path again
+    # replaces it, so bulk ingestion delivered twice writes nothing twice. 1.x: "new", a new
+    # record each time. (The CLI's --id-from content gives ids from the bytes, item by item.)
+    "ids": "path",
+}
 
 
 def open_database(url, **kwargs):
     """Open (creating it if needed) the store at ``url``; ``kwargs`` go to the driver.
+
+    A new store gets ``NEW_STORE_DEFAULTS`` for the parameters ``kwargs`` does not give; an
+    existing one keeps the parameters it recorded (or a 1.x index, 1.x's).
 
     Raises
     ------
@@ -38,10 +61,14 @@ def open_database(url, **kwargs):
             raise InvalidParameterError(f"{url}: no file name (sqlite:///images.db)")
         from .sqlite import SignatureSQLite
 
-        return SignatureSQLite(path, **kwargs)
+        return SignatureSQLite(path, **_with_defaults(kwargs))
     if scheme in ("http", "https"):
         from .elasticsearch import open_search_engine
 
-        return open_search_engine(url, **kwargs)
+        return open_search_engine(url, **_with_defaults(kwargs))
     raise InvalidParameterError(
         f"{url}: unsupported store (expected sqlite:///file.db or http(s)://host:port/index)")
+
+
+def _with_defaults(kwargs):
+    return {"new_store_defaults": NEW_STORE_DEFAULTS, **kwargs}

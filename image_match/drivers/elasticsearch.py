@@ -63,7 +63,7 @@ from ..errors import DatabaseError, InvalidParameterError
 from ..records import (Record, filter_matches, indexed_window_words, normalize_filter,
                        pack_signatures, pack_windows, packed_size, unpack_signatures,
                        unpack_windows)
-from ..signature_database_base import SignatureDatabaseBase, scored_candidates
+from ..signature_database_base import CUTOFF_1X, SignatureDatabaseBase, scored_candidates
 from ..words import make_words, word_field_names
 
 LAYOUTS = ("words", "simple_words")
@@ -211,10 +211,11 @@ class SignatureES(SignatureDatabaseBase):
 
     def _legacy_config(self, properties):
         """An image-match 1.x index recorded no parameters: take those the store was opened with
-        (1.x's defaults unless told otherwise), corrected by what the documents show."""
+        (1.x's defaults unless told otherwise), corrected by what the documents show. Its
+        signatures are 1.x's, of full-scale decodes, and it keeps 1.x's cutoff and ids."""
         config = self._config()
-        config["signature"]["variant"] = "1.x"  # 1.x's documents hold 1.x's signatures
-        config["crop_windows"] = []
+        config["signature"].update(variant="1.x", draft=False)
+        config.update(crop_windows=[], distance_cutoff=CUTOFF_1X, ids="new")
         word_count = sum(1 for name in properties if re.fullmatch(r"simple_word_\d+", name))
         if word_count:
             config["N"] = word_count

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from ..drivers import open_database
 from ..errors import FetchError, ImageLoadError, ImageMatchError
 from ..fetching import fetch
+from ..records import default_id
 from .. import settings
 from . import config
 
@@ -164,7 +165,10 @@ def _store(store, signed):
     """Add the signed outcomes' records in one call; mark each outcome with the store's answer."""
     if not signed:
         return
-    records = [{"path": o.item["source"], **o.signed, "id": o.item.get("id"),
+    # The id is chosen here, not by the store: a store may give new ids (ids="new", 1.x's), and
+    # a batch delivered twice must replace its records.
+    records = [{"path": o.item["source"], **o.signed,
+                "id": o.item.get("id") or default_id(o.item["source"]),
                 "metadata": o.item.get("metadata")} for o in signed]
     try:
         results = store.add_signatures(records)
