@@ -90,6 +90,23 @@ def _engine_fixture(kind, url_variable):
     return fixture
 
 
+def engine_client(address):
+    """A client of the right library for the node at ``address`` (opensearch-py for OpenSearch,
+    elasticsearch-py for Elasticsearch), to write and read indices past the driver."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(address + "/", timeout=5) as response:
+        info = json.load(response)
+    if info["version"].get("distribution") == "opensearch":
+        import opensearchpy
+
+        return opensearchpy.OpenSearch([address])
+    import elasticsearch
+
+    return elasticsearch.Elasticsearch([address])
+
+
 opensearch_url = _engine_fixture("opensearch", "IMAGE_MATCH_TEST_ES_URL")
 elasticsearch_url = _engine_fixture("elasticsearch", "IMAGE_MATCH_TEST_ES7_URL")
 

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import photos
+from conftest import engine_client, photos
 from image_match.drivers import open_database
+from image_match.drivers import es_filters
 from image_match.drivers.elasticsearch import (QueryDSL, SignatureES, _parse_url,
-                                               check_client_version, metadata_term, metadata_terms,
-                                               tagged_words)
+                                               check_client_version, tagged_words)
+from image_match.drivers.es_filters import metadata_term, metadata_terms
 from image_match.errors import DatabaseError, InvalidParameterError
 from image_match.goldberg import ImageSignature
 from image_match.records import default_id, filter_matches, normalize_filter
@@ -99,17 +100,76 @@ def test_tagged_words_put_each_word_at_its_position():
 
 
 def test_raw_dsl_is_told_from_a_portable_filter():
-    check = SignatureES._check_filter
-    assert type(check(None, {"term": {"path": "x"}})).__name__ == "QueryDSL"
-    assert type(check(None, {"bool": {"must": []}})).__name__ == "QueryDSL"
-    assert type(check(None, {"nested": {"path": "x", "query": {}}})).__name__ == "QueryDSL"
-    assert check(None, {"term": "x"}) == {"term": ["x"]}  # a metadata key named "term"
-    assert check(None, {"a": 1, "b": [2, 3]}) == {"a": [1], "b": [2, 3]}
+    check = es_filters.normalize
+    assert check({"term": {"path": "x"}}) == [{"term": {"path": "x"}}]
+    assert isinstance(check({"bool": {"must": []}}), es_filters.Clauses)
+    assert isinstance(check({"nested": {"path": "x", "query": {}}}), es_filters.Clauses)
+    assert check({"term": "x"}) == {"term": ["x"]}  # a metadata key named "term"
+    assert check({"a": 1, "b": [2, 3]}) == {"a": [1], "b": [2, 3]}
     raw = QueryDSL({"my_plugin_query": {}})
-    assert check(None, raw) is raw
-    for wrong in ({"owner": {"nested": "dict"}}, {"a": {"b": 1}, "c": 2}, {"term": {}, "c": 1}):
+    assert check(raw) == [raw]
+    clauses = [{"term": {"a": 1}}, raw]  # 1.x master's list of clauses
+    assert check(clauses) == clauses and isinstance(check(clauses), es_filters.Clauses)
+    for wrong in ({"owner": {"nested": "dict"}}, {"a": {"b": 1}, "c": 2}, {"term": {}, "c": 1},
+                  [], [{"a": 1}], [{"term": {"a": 1}}, "x"]):
         with pytest.raises(InvalidParameterError):
-            check(None, wrong)
+            check(wrong)
+
+
+def _fields(root=None, legacy=False, mapping=None):
+    """IndexFields of an index whose mapping is ``mapping`` (dotted field -> its mapping)."""
+    mapping = mapping or {}
+    return es_filters.IndexFields(root, legacy, ["image"], mapping.get)
+
+
+def test_raw_dsl_is_fitted_to_image_match_2s_layout():
+    fit = es_filters.fit_query
+    fields = _fields(mapping={"path": {"type": "keyword"}})
+    term = es_filters.metadata_term
+    # 1.x's spellings of a metadata field, flat and under master's doc type.
+    for field in ("metadata.tenant_id", "image.metadata.tenant_id", "metadata.tenant_id.keyword"):
+        assert fit({"term": {field: "foo"}}, fields) == {
+            "terms": {"metadata_terms": [term("tenant_id", "foo")]}}
+    assert fit({"terms": {"metadata.n": [1, 2]}}, fields) == {
+        "terms": {"metadata_terms": [term("n", 1), term("n", 2)]}}
+    assert fit({"match": {"metadata.a.b": {"query": "x"}}}, fields) == {
+        "terms": {"metadata_terms": [term("a.b", "x")]}}
+    assert fit({"term": {"image.path": "p"}}, fields) == {"term": {"path": "p"}}
+    assert fit({"bool": {"must_not": [{"term": {"path.keyword": "p"}}], "boost": 2}}, fields) == {
+        "bool": {"must_not": [{"term": {"path": "p"}}], "boost": 2}}
+    raw = {"query_string": {"query": "metadata.tenant_id:foo"}}
+    assert fit(QueryDSL(raw), fields) == raw  # sent as it is
+    for unfit in ({"range": {"metadata.n": {"gte": 1}}}, {"exists": {"field": "metadata.x"}},
+                  {"term": {"tenant_id": "foo"}}, {"term": {"metadata": "x"}}, raw,
+                  {"term": {"metadata.x": {"nested": 1}}}, {"bool": {"filter": [{"x": 1}]}}):
+        with pytest.raises(InvalidParameterError):
+            fit(unfit, fields)
+
+
+def test_raw_dsl_is_fitted_to_1xs_layouts():
+    fit = es_filters.fit_query
+    text = {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}
+    flat = _fields(legacy=True, mapping={"metadata.tenant_id": {"type": "keyword"},
+                                         "metadata.name": text, "path": {"type": "text"}})
+    assert fit({"term": {"image.metadata.tenant_id": "foo"}}, flat) == {
+        "term": {"metadata.tenant_id": "foo"}}
+    assert fit({"term": {"metadata.tenant_id.keyword": "foo"}}, flat) == {
+        "term": {"metadata.tenant_id": "foo"}}  # the keyword field has no .keyword subfield
+    assert fit({"term": {"metadata.unseen": "x"}}, flat) == {"term": {"metadata.unseen": "x"}}
+    # A term on 1.x's dynamically mapped text compares the whole value, on its keyword subfield.
+    assert fit({"terms": {"metadata.name": ["Bar-2"]}}, flat) == {
+        "terms": {"metadata.name.keyword": ["Bar-2"]}}
+    assert fit({"match": {"metadata.name": "bar"}}, flat) == {"match": {"metadata.name": "bar"}}
+    raw = {"query_string": {"query": "metadata.tenant_id:foo"}}
+    assert fit(raw, flat) == raw  # on 1.x's own documents, as 1.x passed it
+    nested = _fields(root="image", legacy=True, mapping={"image.path": {"type": "keyword"},
+                                                         "image.metadata.t": {"type": "keyword"}})
+    assert fit({"term": {"metadata.t": "x"}}, nested) == {"term": {"image.metadata.t": "x"}}
+    assert fit({"range": {"image.metadata.t": {"gte": "a"}}}, nested) == {
+        "range": {"image.metadata.t": {"gte": "a"}}}
+    assert fit({"term": {"path": "p"}}, nested) == {"term": {"image.path": "p"}}
+    with pytest.raises(InvalidParameterError, match="tenant"):
+        fit({"term": {"tenant": "x"}}, nested)
 
 
 # --- against real engines ----------------------------------------------------------------------
@@ -125,7 +185,7 @@ def index_url(engine_url):
     url = f"{engine_url}/test-{uuid.uuid4().hex[:12]}"
     yield url
     address, index, _, _ = _parse_url(url)
-    _client_for(address).indices.delete(index=index, ignore=[404])
+    engine_client(address).indices.delete(index=index, ignore=[404])
 
 
 def _raw_client(store):
@@ -275,27 +335,12 @@ def _legacy_documents(k=16, N=63):
 def _write_raw(store_url, documents, ids=None):
     """Index documents with dynamic mapping, as 1.x did (no mapping made beforehand)."""
     address, index, _, _ = _parse_url(store_url)
-    raw = _client_for(address)
+    raw = engine_client(address)
     spelled = "body" if type(raw).__module__.startswith("opensearchpy") else "document"
     for n, document in enumerate(documents):
         raw.index(index=index, id=None if ids is None else ids[n], **{spelled: document})
     raw.indices.refresh(index=index)
     return raw
-
-
-def _client_for(address):
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(address + "/", timeout=5) as response:
-        info = json.load(response)
-    if info["version"].get("distribution") == "opensearch":
-        import opensearchpy
-
-        return opensearchpy.OpenSearch([address])
-    import elasticsearch
-
-    return elasticsearch.Elasticsearch([address])
 
 
 @pytest.mark.engine
@@ -507,6 +552,18 @@ def test_open_database_takes_store_parameters(engine_url):
         assert (store.layout, store.size, store.distance_cutoff) == ("simple_words", 10, 0.3)
     finally:
         store.drop()
+
+
+@pytest.mark.engine
+def test_a_subclass_of_a_client_is_taken(index_url):
+    address, index, _, _ = _parse_url(index_url)
+
+    class Client(type(engine_client(address))):
+        """A user's client class (authentication, logging...)."""
+
+    store = SignatureES(Client([address]), index)
+    store.add_image(str(photos()[0]), refresh_after=True)
+    assert store.count() == 1
 
 
 def test_only_the_two_client_libraries_are_taken():

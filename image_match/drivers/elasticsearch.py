@@ -31,19 +31,23 @@ search (8 with ``all_orientations``, or a batch) in one ``msearch``. ``benchmark
 measures the two layouts; "words" is the default because it is faster for the same recall and
 smaller on disk.
 
-Indices written by image-match 1.x (documents with ``path``, ``signature`` as a list of ints,
-``simple_word_0..62``, ``metadata`` and ``timestamp`` under a dynamic mapping, no ``_meta``) are
-read, searched and written in their own shape without re-indexing; their parameters are those the
-store is opened with (1.x recorded none), checked against what the documents show (N, k, grid).
-They cannot keep crop windows (``crop_windows=True`` on one refuses): their documents have no
-field for them, and 1.x code reading the index would not know them.
+Indices written by image-match 1.x are read, searched, filtered and written in their own shape
+without re-indexing, in both of its layouts (no ``_meta``, a dynamic mapping):
 
-``pre_filter`` takes the portable form (``{"key": value}`` or ``{"key": [values]}`` on metadata,
-see ``records.normalize_filter``) or, as 1.x allowed, raw query DSL, which goes into the query's
-``filter`` as it is. DSL is a dict with a single key, the name of a query (``{"term": {...}}``,
-``{"bool": {...}}``, see ``QUERY_NAMES``), whose value is a dict: a portable filter's values are
-never dicts, and a dict under any other key is a mistake in a portable filter
-(InvalidParameterError). Wrap any other query (a plugin's) in ``QueryDSL`` to pass it.
+- 1.1.2's: flat documents with ``path``, ``signature`` as a list of ints, ``simple_word_0..62``,
+  ``metadata`` and ``timestamp``;
+- master's (what Elasticsearch 6/7 users installed from git): the same fields nested under the
+  doc type, ``image.path``, ``image.signature``, ``image.simple_word_0..62``, ``image.metadata``,
+  with or without the explicit mapping its tests create (``image.path`` and
+  ``image.metadata.<key>`` keyword fields) - an index holding only that mapping is adopted too.
+
+Their parameters are 1.x's (it recorded none: full-scale decoding, cutoff 0.45, new ids), those
+the store is opened with for the rest, checked against what the documents show (N, k, grid). They
+cannot keep crop windows (``crop_windows=True`` on one refuses): their documents have no field for
+them, and 1.x code reading the index would not know them.
+
+``pre_filter`` takes the portable form or raw query DSL, a query or a list of them, made to fit the
+index's layout or refused (``es_filters``).
 """
 
 import base64
@@ -54,17 +58,21 @@ import ssl
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
-from hashlib import blake2b
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
 from ..errors import DatabaseError, InvalidParameterError
-from ..records import (Record, filter_matches, indexed_window_words, normalize_filter,
-                       pack_signatures, pack_windows, packed_size, unpack_signatures,
-                       unpack_windows)
+from ..records import (Record, filter_matches, indexed_window_words, pack_signatures,
+                       pack_windows, packed_size, unpack_signatures, unpack_windows)
 from ..signature_database_base import CUTOFF_1X, SignatureDatabaseBase, scored_candidates
 from ..words import make_words, word_field_names
+from .es_filters import (TERMS_FIELD, Clauses, IndexFields, QueryDSL, field_mapping, fit_query,
+                         metadata_term, metadata_terms, normalize)
+
+# QueryDSL is offered here too, beside the driver that takes it.
+__all__ = ["SignatureES", "QueryDSL", "open_search_engine", "check_client_version", "tagged_words",
+           "LAYOUTS", "DEFAULT_LAYOUT"]
 
 LAYOUTS = ("words", "simple_words")
 #: The layout of new indices; chosen by benchmarks/es_word_layout.py (see the README's table).
@@ -73,25 +81,9 @@ DEFAULT_LAYOUT = "words"
 CONNECT_TIMEOUT = 5.0
 
 _WORDS_FIELD = "words"
-_TERMS_FIELD = "metadata_terms"
-# Longer metadata terms are indexed as a hash of themselves: a keyword term may not exceed 32766
-# bytes, and a filter on a long value hashes it the same way.
-#: The queries a dict ``pre_filter`` may be: the engines' full-text, term-level, compound,
-#: joining, geo and specialized queries.
-QUERY_NAMES = frozenset("""
-    bool boosting constant_score dis_max function_score script_score
-    match match_all match_none match_bool_prefix match_phrase match_phrase_prefix multi_match
-    combined_fields query_string simple_query_string intervals
-    term terms terms_set range exists prefix wildcard regexp fuzzy ids
-    nested has_child has_parent parent_id
-    geo_bounding_box geo_distance geo_polygon geo_shape shape
-    more_like_this percolate rank_feature distance_feature script pinned wrapper
-    knn neural sparse_vector text_expansion
-""".split())
-_MAX_TERM_LENGTH = 256
 _MAX_ID_BYTES = 512
-# The fields a search never needs back (they are derived from the signature and metadata).
-_NOT_RETURNED = [_WORDS_FIELD, _TERMS_FIELD, "simple_word_*"]
+# The fields of 1.x's documents that tell its indices apart from others'.
+_LEGACY_FIELDS = ("signature", "simple_word_0")
 
 
 class SignatureES(SignatureDatabaseBase):
@@ -104,8 +96,10 @@ class SignatureES(SignatureDatabaseBase):
     index : str
         The index (created with the mapping above if it does not exist).
     doc_type : str
-        Accepted for 1.x compatibility and ignored: Elasticsearch 7+ and OpenSearch have no
-        mapping types (an index made with one on 6.x is still reached through ``_doc``).
+        1.x master's: the object a new document of a 1.x index nests under when the index's
+        documents do (master's layout; found in the mapping); a raw-DSL filter may name fields
+        under it (``image.metadata.tenant_id``). Elasticsearch 7+ and OpenSearch have no mapping
+        types (an index made with one on 6.x is still reached through ``_doc``).
     timeout : str or number
         How long the engine may spend on one search ("10s", or seconds).
     size : int
@@ -159,6 +153,7 @@ class SignatureES(SignatureDatabaseBase):
         self._requested_layout = layout
         self.layout = layout or DEFAULT_LAYOUT
         self.legacy = False  # an index of image-match 1.x documents
+        self.root = None  # the object 1.x master's documents nest under, in such an index
         self._mapping = {}
         self._index_exists = False
         self._create_index = create
@@ -191,16 +186,19 @@ class SignatureES(SignatureDatabaseBase):
             return meta["config"]
         if not properties:
             return None  # an empty index, made by hand or by 1.x before its first document
-        if "simple_word_0" in properties or "signature" in properties:
-            self._use_layout("simple_words", legacy=True)
-            if self.crop_windows:
-                raise InvalidParameterError(
-                    f"{self.location}: an index of image-match 1.x documents cannot keep crop "
-                    "windows; open it without crop_windows, or export its records and import "
-                    "them into a new index made with crop windows (and add the images again)")
-            return self._legacy_config(properties)
-        raise DatabaseError(f"{self.location}: the index holds other documents than image-match's "
-                            f"(fields {', '.join(sorted(properties)[:5])}); choose another index")
+        root = _legacy_root(properties, self.doc_type)
+        if root is None:
+            raise DatabaseError(
+                f"{self.location}: the index holds other documents than image-match's (fields "
+                f"{', '.join(sorted(properties)[:5])}); choose another index")
+        self._use_layout("simple_words", legacy=True)
+        self.root = root or None
+        if self.crop_windows:
+            raise InvalidParameterError(
+                f"{self.location}: an index of image-match 1.x documents cannot keep crop "
+                "windows; open it without crop_windows, or export its records and import "
+                "them into a new index made with crop windows (and add the images again)")
+        return self._legacy_config(properties[root]["properties"] if root else properties)
 
     def _use_layout(self, layout, legacy=False):
         if self._requested_layout not in (None, layout):
@@ -219,11 +217,12 @@ class SignatureES(SignatureDatabaseBase):
         word_count = sum(1 for name in properties if re.fullmatch(r"simple_word_\d+", name))
         if word_count:
             config["N"] = word_count
-        sample = self._client.search({"query": {"exists": {"field": "signature"}}, "size": 1})
+        sample = self._client.search({"query": {"exists": {"field": self._field("signature")}},
+                                      "size": 1})
         hits = sample["hits"]["hits"]
         if not hits:
             return config
-        source = hits[0]["_source"]
+        source = self._source_of(hits[0])
         signature = np.asarray(source.get("signature") or [], dtype=np.int64)
         if signature.size and signature.size != self.gis.sig_length:
             grid = math.isqrt(signature.size // 8)
@@ -239,7 +238,7 @@ class SignatureES(SignatureDatabaseBase):
         return config
 
     def _create(self, config):
-        self.layout, self.legacy = self._requested_layout or DEFAULT_LAYOUT, False
+        self.layout, self.legacy, self.root = self._requested_layout or DEFAULT_LAYOUT, False, None
         mappings = self._mappings(config)
         if self._index_exists:  # the index exists, empty: give it our mapping
             self._client.put_mapping(mappings)
@@ -267,7 +266,7 @@ class SignatureES(SignatureDatabaseBase):
             "signature": {"type": "binary"},
             "windows": {"type": "binary"},
             "metadata": {"type": "object", "enabled": False},
-            _TERMS_FIELD: {"type": "keyword", "doc_values": False},
+            TERMS_FIELD: {"type": "keyword", "doc_values": False},
             "timestamp": {"type": "date"},
         }
         if self.layout == "words":
@@ -280,6 +279,28 @@ class SignatureES(SignatureDatabaseBase):
 
     # The field type of the "words" layout (benchmarks/es_word_layout.py also measures "long").
     _words_type = "keyword"
+
+    def _field(self, name):
+        """A document field's name in this index (under the doc type in 1.x master's layout)."""
+        return f"{self.root}.{name}" if self.root else name
+
+    def _source_of(self, hit):
+        """A hit's document fields (unwrapped from the doc type in 1.x master's layout)."""
+        source = hit.get("_source") or {}
+        return (source.get(self.root) or {}) if self.root else source
+
+    def _not_returned(self):
+        """The fields a search never needs back (derived from the signature and metadata)."""
+        return [_WORDS_FIELD, TERMS_FIELD, self._field("simple_word_*")]
+
+    def _mapping_of(self, dotted):
+        """The mapping of a field; a field not found is looked up again in the index's mapping as
+        it is now (a 1.x index's dynamic mapping grows with its documents)."""
+        found = field_mapping(self._mapping, dotted)
+        if found is None and self.legacy:
+            self._mapping = self._client.get_mapping() or {}
+            found = field_mapping(self._mapping, dotted)
+        return found
 
     # --- primitives ----------------------------------------------------------------------------
 
@@ -331,7 +352,7 @@ class SignatureES(SignatureDatabaseBase):
             else:
                 document["signature"] = base64.b64encode(packed[index]).decode()
                 document["metadata"] = record.metadata
-                document[_TERMS_FIELD] = metadata_terms(record.metadata)
+                document[TERMS_FIELD] = metadata_terms(record.metadata)
             with_windows = None  # the record's words and its windows', when it has windows
             if record.windows is not None and not self.legacy:
                 document["windows"] = base64.b64encode(pack_windows(record.windows)).decode()
@@ -348,7 +369,7 @@ class SignatureES(SignatureDatabaseBase):
                 document.update(zip(word_field_names(self.N), (_unique(column) for column in
                                                                 with_windows.T.tolist())))
             document["timestamp"] = _format_timestamp(record.timestamp)
-            documents.append(document)
+            documents.append({self.root: document} if self.root else document)
         return documents
 
     def _candidates(self, words, size, pre_filter):
@@ -360,7 +381,8 @@ class SignatureES(SignatureDatabaseBase):
                 query = {"bool": {"must": [query], "filter": clauses}}
             searches.append({"index": self.index})
             searches.append({"query": query, "size": size, "timeout": self.timeout,
-                             "track_total_hits": False, "_source": {"excludes": _NOT_RETURNED}})
+                             "track_total_hits": False,
+                             "_source": {"excludes": self._not_returned()}})
         responses = self._client.msearch(searches)["responses"]
         hit_lists = []
         for response in responses:
@@ -389,32 +411,34 @@ class SignatureES(SignatureDatabaseBase):
         if self.layout == "words":
             should = [{"term": {_WORDS_FIELD: int(v)}} for v in tagged_words(row, self.k)]
         else:
-            should = [{"term": {name: int(w)}} for name, w in zip(word_field_names(self.N), row)]
+            should = [{"term": {self._field(name): int(w)}}
+                      for name, w in zip(word_field_names(self.N), row)]
         return {"bool": {"should": should, "minimum_should_match": self.minimum_should_match}}
 
     def _check_filter(self, pre_filter):
-        if isinstance(pre_filter, QueryDSL):
+        """A portable filter as ``records.normalize_filter`` makes it, or raw DSL as ``Clauses``
+        fitted to this index's layout (``es_filters``)."""
+        pre_filter = normalize(pre_filter)
+        if not isinstance(pre_filter, Clauses):
             return pre_filter
-        if isinstance(pre_filter, dict) and len(pre_filter) == 1:
-            ((name, value),) = pre_filter.items()
-            if name in QUERY_NAMES and isinstance(value, dict):
-                return QueryDSL(pre_filter)
-        return normalize_filter(pre_filter)
+        fields = IndexFields(self.root, self.legacy, [self.doc_type], self._mapping_of)
+        return Clauses(fit_query(clause, fields) for clause in pre_filter)
 
     def _filter_clauses(self, pre_filter):
         if pre_filter is None:
             return []
-        if isinstance(pre_filter, QueryDSL):
-            return [pre_filter.query]
+        if isinstance(pre_filter, Clauses):
+            return list(pre_filter)
         if self.legacy:
             return [self._legacy_filter(key, values) for key, values in pre_filter.items()]
-        return [{"terms": {_TERMS_FIELD: [metadata_term(key, v) for v in values]}}
+        return [{"terms": {TERMS_FIELD: [metadata_term(key, v) for v in values]}}
                 for key, values in pre_filter.items()]
 
     def _legacy_filter(self, key, values):
         """Term queries on 1.x's dynamically mapped ``metadata.<key>``, by the type the engine
         gave the field: strings on its keyword (sub)field, numbers and booleans on the field."""
-        field, mapping = f"metadata.{key}", _field_mapping(self._mapping, f"metadata.{key}")
+        field = self._field(f"metadata.{key}")
+        mapping = self._mapping_of(field)
         kind = (mapping or {}).get("type")
         keyword = field if kind == "keyword" else (
             f"{field}.keyword" if "keyword" in (mapping or {}).get("fields", {}) else None)
@@ -435,7 +459,7 @@ class SignatureES(SignatureDatabaseBase):
     def _from_hits(self, hits):
         """The records of search, get or scan hits; the packed signatures of all of them are
         unpacked in one call (per hit, that was most of a search's time in the client)."""
-        sources = [hit.get("_source") or {} for hit in hits]
+        sources = [self._source_of(hit) for hit in hits]
         encoded = [source.get("signature") for source in sources]
         packed = [base64.b64decode(s) if isinstance(s, str) else None for s in encoded]
         size = packed_size(self.gis.sig_length)
@@ -466,7 +490,7 @@ class SignatureES(SignatureDatabaseBase):
         return records
 
     def _get(self, ids):
-        docs = self._client.mget([{"_id": i, "_source": {"excludes": _NOT_RETURNED}}
+        docs = self._client.mget([{"_id": i, "_source": {"excludes": self._not_returned()}}
                                   for i in ids])["docs"]
         for doc in docs:
             if "error" in doc:
@@ -491,8 +515,9 @@ class SignatureES(SignatureDatabaseBase):
     def _ids_with_path(self, path):
         query, exact = self._path_query(path)
         holders = []
-        for hit in self._client.scan({"query": query, "_source": ["path", "url", "timestamp"]}):
-            source = hit.get("_source") or {}
+        returned = [self._field(name) for name in ("path", "url", "timestamp")]
+        for hit in self._client.scan({"query": query, "_source": returned}):
+            source = self._source_of(hit)
             if not exact or source.get("path", source.get("url")) == path:
                 holders.append((hit["_id"], _parse_timestamp(source.get("timestamp"))))
         return holders
@@ -502,16 +527,17 @@ class SignatureES(SignatureDatabaseBase):
 
         1.x's dynamic mapping made ``path`` text with a ``keyword`` subfield that skips values
         longer than its ``ignore_above``: those are found by phrase and checked here."""
-        mapping = _field_mapping(self._mapping, "path") or {"type": "keyword"}
+        field = self._field("path")
+        mapping = self._mapping_of(field) or {"type": "keyword"}
         if mapping.get("type") == "keyword":
-            return {"term": {"path": path}}, False
+            return {"term": {field: path}}, False
         keyword = mapping.get("fields", {}).get("keyword")
         if keyword and len(path) <= keyword.get("ignore_above", 2 ** 31):
-            return {"term": {"path.keyword": path}}, False
-        return {"match_phrase": {"path": path}}, True
+            return {"term": {f"{field}.keyword": path}}, False
+        return {"match_phrase": {field: path}}, True
 
     def _scan(self, batch_size):
-        query = {"query": {"match_all": {}}, "_source": {"excludes": _NOT_RETURNED}}
+        query = {"query": {"match_all": {}}, "_source": {"excludes": self._not_returned()}}
         for hit in self._client.scan(query, size=batch_size):
             yield from self._from_hits([hit])
 
@@ -522,7 +548,7 @@ class SignatureES(SignatureDatabaseBase):
     def drop(self):
         """Delete the index and every record in it (the next write creates it again)."""
         self._client.delete_index()
-        self._mapping, self._index_exists = {}, False
+        self._mapping, self._index_exists, self.root = {}, False, None
 
     def refresh(self):
         self._client.refresh()
@@ -530,22 +556,12 @@ class SignatureES(SignatureDatabaseBase):
     def describe(self):
         """``{"engine", "location", "records", "bytes", "layout"}``; bytes on disk, replicas
         included."""
-        layout = self.layout + (" (image-match 1.x documents)" if self.legacy else "")
+        layout = self.layout
+        if self.legacy:
+            nested = f", nested under {self.root!r}" if self.root else ""
+            layout += f" (image-match 1.x documents{nested})"
         return {"engine": f"{self.engine} {self.engine_version}", "location": self.location,
                 "records": self.count(), "bytes": self._client.store_bytes(), "layout": layout}
-
-
-class QueryDSL:
-    """A ``pre_filter`` given as raw query DSL, passed to the engine as it is:
-    ``search_image(path, pre_filter=QueryDSL({"my_plugin_query": {...}}))``."""
-
-    def __init__(self, query):
-        if not isinstance(query, dict) or len(query) != 1:
-            raise InvalidParameterError(f"QueryDSL({query!r}): a query is a dict with one key")
-        self.query = query
-
-    def __repr__(self):
-        return f"QueryDSL({self.query!r})"
 
 
 # --- documents --------------------------------------------------------------------------------
@@ -580,48 +596,21 @@ def _unique(values):
     return list(dict.fromkeys(values))
 
 
-def metadata_term(key, value):
-    """The indexed term for ``metadata[key] == value``: ``key=<JSON value>``.
+def _legacy_root(properties, doc_type):
+    """Whether an index's mapping ``properties`` are those of image-match 1.x's documents: ""
+    for 1.1.2's flat ones, the doc type for master's nested ones, None for other documents.
 
-    Numbers equal in Python are one term (``1`` and ``1.0`` both ``key=1``), booleans are not
-    numbers (``key=true``), strings are quoted; long terms become a hash of themselves.
-    """
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    term = f"{key}={json.dumps(value, ensure_ascii=False)}"
-    if len(term) > _MAX_TERM_LENGTH:
-        term = "#" + blake2b(term.encode("utf-8"), digest_size=16).hexdigest()
-    return term
-
-
-def metadata_terms(metadata):
-    """Every term of ``metadata`` a portable filter can ask for: its scalars, nested objects' by
-    dotted keys (``camera.make``). Values inside lists and keys holding a dot are left out, as
-    ``records.filter_matches`` never matches them."""
-    terms = []
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                if isinstance(key, str) and key and "." not in key:
-                    walk(f"{prefix}.{key}" if prefix else key, inner)
-        elif isinstance(value, (str, int, float)) and prefix:  # bool is an int
-            if not (isinstance(value, float) and not math.isfinite(value)):
-                terms.append(metadata_term(prefix, value))
-
-    walk("", metadata or {})
-    return terms
-
-
-def _field_mapping(mapping, dotted):
-    """The mapping of a (dotted) field, or None."""
-    properties, field = mapping.get("properties") or {}, None
-    for part in dotted.split("."):
-        field = properties.get(part)
-        if field is None:
-            return None
-        properties = field.get("properties") or {}
-    return field
+    Master's documents nest under one object, the doc type; its tests create the index with a
+    mapping of that object's ``path`` and ``metadata`` before any document is written."""
+    if any(name in properties for name in _LEGACY_FIELDS):
+        return ""
+    nested = {name: (field.get("properties") or {}) for name, field in properties.items()
+              if isinstance(field, dict) and field.get("properties")}
+    candidates = [name for name, inner in nested.items()
+                  if any(key in inner for key in (*_LEGACY_FIELDS, "path"))]
+    if doc_type in candidates:
+        return doc_type
+    return candidates[0] if len(candidates) == 1 and len(properties) == 1 else None
 
 
 def _parse_timestamp(value):
@@ -692,7 +681,7 @@ class _Client:
     """
 
     def __init__(self, es, index):
-        library = type(es).__module__.split(".")[0]
+        library = _client_library(es)
         # elasticsearch-py 7.17 already takes keywords for these and warns about body= there.
         self.field_keywords = library == "elasticsearch"
         if library == "opensearchpy":
@@ -823,6 +812,16 @@ class _Client:
             except StopIteration:
                 return
             yield hit
+
+
+def _client_library(es):
+    """"elasticsearch" or "opensearchpy": the library of a client, or of the client class it is
+    made from (users subclass clients), else None."""
+    for cls in type(es).__mro__:
+        library = cls.__module__.split(".")[0]
+        if library in ("elasticsearch", "opensearchpy"):
+            return library
+    return None
 
 
 def _status_of(error):
