@@ -76,7 +76,7 @@ from .goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, WINDOW_MARGIN, Image
 from .goldberg import normalized_distance as _normalized_distance
 from .loading import describe
 from .records import Record, check_metadata, default_id, normalize_filter, now
-from .words import make_words
+from .words import make_words, word_positions
 
 #: image-match 1.x's cutoff: a store constructed directly, or holding 1.x's documents, has it.
 CUTOFF_1X = 0.45
@@ -972,6 +972,30 @@ def make_record(path, gis, k, N, img=None, bytestream=False, metadata=None):
     for i, word in enumerate(make_words(signature, k, N).tolist()):
         record[f"simple_word_{i}"] = word
     return record
+
+
+def get_words(array, k, N):
+    """1.x's words before packing: an (N, k) int8 array, word i the k values from position
+    ``words.word_positions(len(array), N)[i]``, the last ones padded with zeros."""
+    array = np.asarray(array)
+    if k > array.shape[0] or N > array.shape[0]:
+        raise InvalidParameterError(f"k={k}, N={N}: words cannot be longer or more than the "
+                                    f"{array.shape[0]} values of the array")
+    padded = np.concatenate([array, np.zeros(k, dtype=array.dtype)])
+    positions = word_positions(array.shape[0], N)
+    return padded[positions[:, None] + np.arange(k)].astype(np.int8)
+
+
+def max_contrast(array):
+    """1.x's step between ``get_words`` and ``words_to_int``: values to their sign, in place."""
+    np.sign(array, out=array)
+
+
+def words_to_int(word_array):
+    """1.x's packing of (N, k) words of -1, 0, 1 into integers, the first value least significant
+    (``make_words`` does the three steps at once)."""
+    word_array = np.asarray(word_array)
+    return (word_array.astype(np.int64) + 1) @ 3 ** np.arange(word_array.shape[1], dtype=np.int64)
 
 
 def normalized_distance(_target_array, _vec, nan_value=1.0):

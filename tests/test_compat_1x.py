@@ -24,7 +24,8 @@ from image_match.drivers.sqlite import SignatureSQLite
 from image_match.elasticsearch_driver import SignatureES
 from image_match.errors import InvalidParameterError
 from image_match.goldberg import CorruptImageError, ImageSignature
-from image_match.signature_database_base import make_record
+from image_match.signature_database_base import get_words, make_record, max_contrast, words_to_int
+from image_match.words import make_words
 
 from conftest import DATA, central_crop, engine_client, rgb
 
@@ -133,6 +134,17 @@ def test_difference_is_1_1_2s_to_the_last_bit():
     draft = ImageSignature(draft=True)
     assert draft.normalized_distance(draft.generate_signature(PICTURE),
                                      gis.generate_signature(PICTURE)) > 0
+
+
+def test_1xs_word_helpers_make_the_stores_words():
+    """signature_database_base's module functions, which 1.x code called to make records."""
+    signature = ImageSignature().generate_signature(PICTURE)
+    words = get_words(signature, 16, 63)
+    assert words.shape == (63, 16) and words.dtype == np.int8
+    max_contrast(words)
+    assert array_equal(words_to_int(words), make_words(signature))
+    assert make_record('test1.jpg', ImageSignature(), 16, 63, img=PICTURE)['simple_word_5'] == \
+        make_words(signature)[5]
 
 
 # --- tests/test_elasticsearch_driver.py, on the stores 1.x's constructors make -------------------

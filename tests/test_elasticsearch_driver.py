@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,7 +49,32 @@ def test_client_version_must_match_the_server(server, client, ok):
     problem = check_client_version(server, client)
     assert (problem is None) == ok
     if not ok and server >= 7:
-        assert f"pip install 'elasticsearch>={server},<{server + 1}'" in problem
+        assert f"pip install 'image-match[elasticsearch{server}]'" in problem
+
+
+def test_each_elasticsearch_extra_installs_a_client_of_its_major():
+    """setup.cfg's [elasticsearchN] extras (and [elasticsearch], [dev]) give a client that
+    check_client_version accepts for the servers they are for."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    extras = setup["options.extras_require"]
+
+    def client_majors(extra):
+        (line,) = [line for line in extras.get(extra, raw=False).split()
+                   if line.startswith("elasticsearch")]
+        specifier = Requirement(line).specifier
+        return {major for major in range(5, 12) if any(
+            specifier.contains(f"{major}.{minor}.0") for minor in range(30))}
+
+    for server in (7, 8, 9):
+        assert client_majors(f"elasticsearch{server}") == {server}
+    assert client_majors("elasticsearch") == {8}
+    assert all(check_client_version(server, 8) is None for server in (8, 9))
+    assert client_majors("dev") == {7}  # the tests' node is Elasticsearch 7.17
 
 
 def test_url_parts():
@@ -540,7 +566,7 @@ def test_a_client_of_another_major_is_refused(elasticsearch_url, monkeypatch):
     import elasticsearch
 
     monkeypatch.setattr(elasticsearch, "VERSION", (8, 15, 0))
-    with pytest.raises(DatabaseError, match=r"pip install 'elasticsearch>=7,<8'"):
+    with pytest.raises(DatabaseError, match=r"pip install 'image-match\[elasticsearch7\]'"):
         open_database(f"{elasticsearch_url}/whatever")
 
 

@@ -917,7 +917,7 @@ def open_search_engine(url, client_options=None, request_timeout=30, **kwargs):
         except ImportError:
             raise DatabaseError(
                 f"{where}: Elasticsearch {version} needs elasticsearch-py {major}: "
-                f"pip install 'elasticsearch>={major},<{major + 1}'") from None
+                f"{client_install(major)}") from None
         problem = check_client_version(major, elasticsearch.VERSION[0])
         if problem:
             raise DatabaseError(f"{where}: Elasticsearch {version}: {problem}")
@@ -947,8 +947,15 @@ def check_client_version(server_major, client_major):
     if client_major == server_major or (client_major == 8 and server_major == 9):
         return None
     return (f"elasticsearch-py {client_major} is installed, this server needs "
-            f"elasticsearch-py {server_major}: pip install 'elasticsearch>={server_major},"
-            f"<{server_major + 1}'")
+            f"elasticsearch-py {server_major}: {client_install(server_major)}")
+
+
+def client_install(server_major):
+    """What to install for an Elasticsearch of ``server_major``: the extra of its client
+    (setup.cfg has one per major the driver knows)."""
+    if server_major in (7, 8, 9):
+        return f"pip install 'image-match[elasticsearch{server_major}]'"
+    return f"pip install 'elasticsearch>={server_major},<{server_major + 1}'"
 
 
 def _parse_url(url):
