@@ -22,8 +22,8 @@ primitive                   what the driver does
 ==========================  =====================================================================
 
 Defaults. Constructed directly (``SignatureES(es)``, ``SignatureSQLite(path)``), a store has
-image-match 1.x's defaults: full-scale decoding, cutoff 0.45 (``CUTOFF_1X``), and a new record with a
-new id for every ``add_image`` (``ids="new"``). image-match 2's own entry points (``open_database``,
+image-match 1.x's defaults: full-scale decoding, cutoff 0.45 (``CUTOFF_1X``), and a new record
+with a new id for every ``add_image`` (``ids="new"``). image-match 2's own entry points (``open_database``,
 and through it the CLI, ingestion and the service) give a NEW store its better defaults
 explicitly, from ``drivers.NEW_STORE_DEFAULTS`` (``new_store_defaults=``).
 
@@ -143,7 +143,8 @@ class SignatureDatabaseBase:
         if len(signature_args) > len(_SIGNATURE_KEYS) - 2:
             raise InvalidParameterError(
                 f"{len(signature_args)} positional ImageSignature parameters given after "
-                f"distance_cutoff, at most {len(_SIGNATURE_KEYS) - 2} ({', '.join(_SIGNATURE_KEYS[2:])})")
+                f"distance_cutoff, at most {len(_SIGNATURE_KEYS) - 2} "
+                f"({', '.join(_SIGNATURE_KEYS[2:])})")
         # What the caller gave: adopted from an existing store otherwise. k, N, the grid and the
         # crop count as given when they differ from 1.x's defaults.
         given = dict(zip(_SIGNATURE_KEYS[2:], signature_args), **signature_kwargs)
@@ -154,7 +155,8 @@ class SignatureDatabaseBase:
             ("distance_cutoff", distance_cutoff), ("crop_windows", crop_windows), ("ids", ids))
             if value is not None)
         if new_store_defaults is not None and not isinstance(new_store_defaults, Mapping):
-            raise InvalidParameterError(f"new_store_defaults={new_store_defaults!r}: must be a dict")
+            raise InvalidParameterError(
+                f"new_store_defaults={new_store_defaults!r}: must be a dict")
         self._given = given
         self._new_store_defaults = dict(new_store_defaults or {})
         self._opened = False
@@ -885,7 +887,8 @@ def _store_fields(gis, areas, image, bytestream=False):
 
 def _check_ids(ids):
     if ids not in ID_SCHEMES:
-        raise InvalidParameterError(f"ids={ids!r}: must be one of {', '.join(map(repr, ID_SCHEMES))}")
+        raise InvalidParameterError(
+            f"ids={ids!r}: must be one of {', '.join(map(repr, ID_SCHEMES))}")
     return ids
 
 

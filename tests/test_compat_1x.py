@@ -5,8 +5,8 @@ files; these use two pictures of ours instead, with the same relation: test2.png
 crop of test1.jpg at distance 0.434, between image-match 2's cutoff (0.40) and 1.x's (0.45), as
 1.x's remix is at 0.4267. The 1.x store tests run here on the stores 1.x's constructors make:
 SQLite, and Elasticsearch/OpenSearch indices as 1.1.2's tests create them (empty, no mapping) and
-as master's do (its explicit mapping, documents nested under the doc type). ``scripts/run-1x-tests`` runs 1.x's
-files themselves, given a checkout of image-match 1.x.
+as master's do (its explicit mapping, documents nested under the doc type).
+``scripts/run-1x-tests`` runs 1.x's files themselves, given a checkout of image-match 1.x.
 """
 
 import shutil

@@ -82,14 +82,14 @@ def run(checkout, kind, url, folder, pytest_args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="run-1x-tests", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkouts", nargs="+", type=Path, help="checkouts of image-match 1.x")
     parser.add_argument("--engine", choices=sorted(ENGINES), action="append",
                         help="only this engine (repeatable; default both)")
-    parser.add_argument("pytest_args", nargs=argparse.REMAINDER,
-                        help="after --: more pytest arguments (-k test_difference)")
-    args = parser.parse_args()
-    pytest_args = [a for a in args.pytest_args if a != "--"]
+    parser.epilog = "Arguments after -- go to pytest (-- -k test_difference)."
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, pytest_args = parser.parse_args(argv[:split]), argv[split + 1:]
     checkouts = [checkout.resolve() for checkout in args.checkouts]
     problems = [problem for problem in map(check_checkout, checkouts) if problem]
     if problems:
@@ -102,8 +102,10 @@ def main():
                 for checkout in checkouts:
                     passed, collected, failed = run(checkout, kind, url, folder, pytest_args)
                     all_passed &= passed == collected and not failed
-                    lines.append(f"{describe(checkout):<12} {kind:<14} {passed:>3} of {collected:<3} "
-                                 f"passed" + (f"; failed: {', '.join(failed)}" if failed else ""))
+                    outcome = f"{passed:>3} of {collected:<3} passed"
+                    if failed:
+                        outcome += f"; failed: {', '.join(failed)}"
+                    lines.append(f"{describe(checkout):<12} {kind:<14} {outcome}")
         finally:
             for engine in started:
                 engine.stop()
