@@ -83,6 +83,9 @@ def test_1xs_tests_run_with_local_pictures_and_the_node_as_client(tmp_path, open
     (checkout / "tests").mkdir(parents=True)
     (checkout / "tests" / "__init__.py").write_text("")
     (checkout / "tests" / "test_goldberg.py").write_text(STAND_IN)
+    # A file that does not import is one failure; the others still run.
+    broken = "from image_match.no_such_module import CorruptImageError\n"
+    (checkout / "tests" / "test_elasticsearch_driver.py").write_text(broken)
     pictures = checkout / "docs" / "source" / "_images"
     pictures.mkdir(parents=True)
     shutil.copy(DATA / "pbd86b081f99.jpg", pictures / "MonaLisa_Wikipedia.jpg")
@@ -94,5 +97,6 @@ def test_1xs_tests_run_with_local_pictures_and_the_node_as_client(tmp_path, open
     lines = result.stdout.splitlines()
     for engine in ("opensearch", "elasticsearch"):
         (line,) = [line for line in lines if line.startswith(f"image-match-1x {engine} ")]
-        assert " 2 of 3   passed; failed: test_goldberg::test_reported_when_it_fails" in line
+        assert line.endswith(" 2 of 4   passed; failed: ::tests.test_elasticsearch_driver, "
+                             "test_goldberg::test_reported_when_it_fails"), line
     assert list(checkout.rglob("conftest.py")) == []  # the checkout is left as it was
