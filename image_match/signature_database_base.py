@@ -164,7 +164,13 @@ class SignatureDatabaseBase:
         self._configure(given)
 
     def _configure(self, parameters):
-        """Set the store's parameters from constructor keyword arguments; 1.x's for those absent."""
+        """Set the store's parameters from constructor keyword arguments; 1.x's for those absent.
+
+        A new store parameter (a key of ``drivers.NEW_STORE_DEFAULTS``) is taken by ``__init__``
+        (None: the store's, put in ``given`` otherwise), set here with 1.x's behaviour when
+        absent, recorded by ``_config`` and read back by ``_adopt`` (``_completed`` gives stores
+        that did not record it the value they had).
+        """
         parameters = dict(parameters)
         k, N, n_grid = (parameters.pop(name, default) for name, default in
                         (("k", 16), ("N", 63), ("n_grid", 9)))

@@ -1,5 +1,5 @@
-"""Which defaults a store has, and how it keeps them (SQLite here; the engines' legacy indices in
-test_compat_1x_engines.py).
+"""Which defaults a store has, and how it keeps them (on SQLite, and on real engines at the end;
+indices image-match 1.x wrote are in test_compat_1x.py).
 
 The 1.x constructors keep 1.x's defaults (full-scale decoding, cutoff 0.45, a new record per
 add); ``open_database`` gives a NEW store ``NEW_STORE_DEFAULTS``; a store records what it was made
@@ -8,17 +8,19 @@ with and adopts it whenever it is opened again, by any entry point.
 
 import json
 import sqlite3
+import uuid
 
 import pytest
 
 from image_match.drivers import NEW_STORE_DEFAULTS, open_database
+from image_match.drivers.elasticsearch import SignatureES
 from image_match.drivers.sqlite import SignatureSQLite
 from image_match.errors import InvalidParameterError
 from image_match.goldberg import ImageSignature
 from image_match.records import default_id
 from image_match.signature_database_base import CUTOFF_1X, DEFAULT_CUTOFF, SignatureDatabaseBase
 
-from conftest import PHOTO
+from conftest import PHOTO, engine_client
 
 
 def recorded(path):
@@ -111,3 +113,27 @@ def test_bad_parameters_are_refused(tmp_path):
             SignatureSQLite(tmp_path / "x.db", **bad)
     with pytest.raises(InvalidParameterError):
         SignatureSQLite(tmp_path / "x.db", new_store_defaults={"ids": "sometimes"})
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("engine", ["opensearch", "elasticsearch"])
+@pytest.mark.parametrize("first", ["1.x", "open_database"])
+def test_an_index_is_reopened_with_what_it_was_made_with(request, engine, first):
+    address = request.getfixturevalue(f"{engine}_url")
+    index = f"test-{uuid.uuid4().hex[:12]}"
+
+    def opened(how):
+        if how == "1.x":
+            return SignatureES(engine_client(address), index)
+        return open_database(f"{address}/{index}")
+
+    made = opened(first)
+    try:
+        again = opened("open_database" if first == "1.x" else "1.x")
+        expected = (0.45, "new", False) if first == "1.x" else (0.40, "path", True)
+        assert (again.distance_cutoff, again.ids, again.gis.draft) == expected
+        record_id = again.add_image(str(PHOTO), refresh_after=True)
+        assert made.search_image(str(PHOTO))[0]["id"] == record_id
+        assert made.search_image(str(PHOTO))[0]["dist"] == 0.0
+    finally:
+        made.drop()
