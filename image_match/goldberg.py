@@ -131,8 +131,7 @@ def crop_window(grey, lower_percentile=5, upper_percentile=95, fix_ratio=False, 
     # Variation of each row (its horizontal differences) and of each column (its vertical ones).
     # For 8-bit input the subtraction wraps around modulo 256 exactly as in 1.x, which signed
     # such input as is.
-    row_variation = _row_variation(grey)
-    column_variation = _absolute(np.subtract(grey[1:], grey[:-1])).sum(axis=0)
+    row_variation, column_variation = _variations(grey)
 
     limits = []
     for variation, size in ((row_variation, grey.shape[0]), (column_variation, grey.shape[1])):
@@ -149,19 +148,30 @@ def crop_window(grey, lower_percentile=5, upper_percentile=95, fix_ratio=False, 
     return tuple(limits)
 
 
-def _row_variation(grey):
-    """The sum of the absolute horizontal differences along each row."""
-    height, width = grey.shape
-    if grey.dtype.kind != "f" or not grey.flags.c_contiguous:
-        return _absolute(np.subtract(grey[:, 1:], grey[:, :-1])).sum(axis=1)
+def _variations(grey):
+    """``(row_variation, column_variation)``: the sums of the absolute differences between
+    neighbours along each row and down each column.
+
+    Differences are taken in the array's own dtype; float ones are summed in float64, so that
+    the sums of 8-bit grey levels (float32 draft decodes included) are exact, whatever the order
+    of the additions. The crop limits depend on these sums only through which are zero and how
+    their running totals compare, which the order of summation cannot change for such sums: the
+    compiled kernel (``image_match.kernel``) adds them in its own order and finds the same limits.
+    """
+    floating = grey.dtype.kind == "f"
+    total = np.float64 if floating else None
+    columns = _absolute(np.subtract(grey[1:], grey[:-1])).sum(axis=0, dtype=total)
+    if not floating or not grey.flags.c_contiguous:
+        return _absolute(np.subtract(grey[:, 1:], grey[:, :-1])).sum(axis=1, dtype=total), columns
     # The differences of the flattened array are one contiguous pass, about twice as fast as
     # those of two offset column slices; the one across each row's end is then zeroed.
+    height, width = grey.shape
     flat = grey.reshape(-1)
     differences = np.empty(height * width, dtype=grey.dtype)
     np.subtract(flat[1:], flat[:-1], out=differences[:-1])
     differences = _absolute(differences).reshape(height, width)
     differences[:, -1] = 0
-    return np.einsum("ij->i", differences)
+    return np.einsum("ij->i", differences, dtype=np.float64, casting="safe"), columns
 
 
 def _absolute(differences):
@@ -287,9 +297,11 @@ def block_means(grey, row_spans, column_spans, original_shape=None):
 
     # Area-weighted sums: each pixel weighs the area it shares with a square. Along the rows,
     # each band of squares gathers only the pixel rows it touches; along the columns, the bands'
-    # sums are weighed over the whole width. No matrix product: BLAS threads cost more than they
-    # save on arrays this small, and far more on a busy machine. Numpy calls are counted here:
-    # on arrays this small each costs more than its arithmetic.
+    # sums are weighed over the whole width. Every sum runs over an outer axis, which numpy adds
+    # in index order, as the compiled kernel does (image_match.kernel): an einsum or a matrix
+    # product would add in an order of their own, and a tie between two means (uniform
+    # squares) could then fall either way. Numpy calls are counted here: on arrays this small
+    # each costs more than its arithmetic.
     row_scale, column_scale = grey.shape[0] / shape[0], grey.shape[1] / shape[1]
     top, bottom = row_starts * row_scale, row_stops * row_scale
     left, right = column_starts * column_scale, column_stops * column_scale
@@ -297,9 +309,9 @@ def block_means(grey, row_spans, column_spans, original_shape=None):
     span = max(int(np.max(np.ceil(bottom) - first)), 1)
     touched = first[:, None] + np.arange(span)                          # (n, m) pixel rows
     rows = grey[np.minimum(touched, grey.shape[0] - 1)]                 # (n, m, w)
-    band_sums = np.einsum("nm,nmw->nw", _coverage(touched, top, bottom), rows)
-    sums = np.einsum("nw,kw->nk", band_sums,
-                     _coverage(np.arange(grey.shape[1]), left, right))
+    band_sums = np.sum(_coverage(touched, top, bottom)[:, :, None] * rows, axis=1)
+    weights = _coverage(np.arange(grey.shape[1]), left, right)          # (k, w)
+    sums = np.sum(band_sums.T[:, :, None] * weights.T[:, None, :], axis=0)
     areas = np.outer(bottom - top, right - left)
     return sums / np.where(areas > 0, areas, 1)
 

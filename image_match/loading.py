@@ -27,6 +27,7 @@ scikit-image computes it, so the floats are identical), while single-channel ima
 
 import io
 import os
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -41,6 +42,12 @@ DRAFT_MIN_SIDE = 128
 # scikit-image's rgb2gray weights (ITU-R BT.709 luma), as image-match 1.x used them.
 GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
 _GREY_MATRIX = (*GREY_WEIGHTS, 0.0)
+# What each 8-bit red, green and blue value adds to a pixel's grey level: (value * (1/255)) *
+# weight, the two roundings of scikit-image's img_as_float then rgb2gray. A pixel's grey level
+# is (red + green) + blue of these, added in that order (see _weighted_grey).
+GREY_TABLES = np.multiply(np.arange(256), 1.0 / 255, dtype=np.float64) * GREY_WEIGHTS[:, None]
+# The grey levels of a draft decode's 8-bit grey: value * (1/255) in float32.
+DRAFT_GREY_TABLE = np.arange(256, dtype=np.float32) * np.float32(1 / 255)
 
 SCALES = ("1.x", "0-1")
 
@@ -48,7 +55,7 @@ _EXIF_ORIENTATION = 0x0112
 
 _REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")
 
-# Pixels converted to float at a time (see _grey_from_array).
+# Pixels converted to float at a time (see _grey_from_array, _grey_from_rgb8).
 _BAND_PIXELS = 1 << 18
 
 _URL_PREFIXES = ("http://", "https://")
@@ -95,17 +102,56 @@ def decode_grey(image, *, bytestream=False, draft=True, scale="1.x", max_pixels=
 
     Parameters, exceptions: as ``load_grey``.
     """
+    source, original_shape = decode_grey_source(image, bytestream=bytestream, draft=draft,
+                                                scale=scale, max_pixels=max_pixels)
+    return source.grey(), original_shape
+
+
+class GreySource(NamedTuple):
+    """Decoded pixels and the rule that makes grey levels of them.
+
+    The signature kernel (``image_match.kernel``) reads 8-bit pixels and makes each grey level
+    as it needs it; ``grey()`` makes the same floats as an array (numpy, the reference).
+
+    Attributes
+    ----------
+    pixels : ndarray or PIL.Image.Image
+        What ``rule`` reads. A PIL image is read without a copy where the kernel can.
+    rule : {"grey", "rgb8", "draft8"}
+        "grey": ``pixels`` is the grey array. "rgb8": 8-bit red, green and blue (a PIL image in
+        mode RGB or an (H, W, 3) uint8 array), 1.x's float64 grey levels (``GREY_TABLES``).
+        "draft8": 8-bit grey (a PIL image in mode L or an (H, W) uint8 array) on the 0-1 scale in
+        float32 (``DRAFT_GREY_TABLE``), as a draft decode makes it.
+    """
+
+    pixels: object
+    rule: str
+
+    def grey(self):
+        """The grey levels as a 2-D array: float64 for "rgb8", float32 for "draft8"."""
+        if self.rule == "rgb8":
+            return _grey_from_rgb8(np.asarray(self.pixels))
+        if self.rule == "draft8":
+            return DRAFT_GREY_TABLE[np.asarray(self.pixels)]
+        return self.pixels
+
+
+def decode_grey_source(image, *, bytestream=False, draft=True, scale="1.x", max_pixels=None):
+    """``(GreySource, original_shape)``: ``decode_grey`` before the grey levels are made.
+
+    Parameters, exceptions: as ``load_grey``.
+    """
     if scale not in SCALES:
         raise InvalidParameterError(f"scale={scale!r}: must be one of {', '.join(SCALES)}")
     if max_pixels is None:
         max_pixels = _settings.get("MAX_IMAGE_PIXELS")
 
     if isinstance(image, np.ndarray):
-        grey = _grey_from_array(image, describe_array(image), scale)
-        return grey, grey.shape
+        source = _source_from_array(image, describe_array(image), scale)
+        return source, source.pixels.shape[:2]
     if isinstance(image, Image.Image):
         source = f"PIL image (mode {image.mode}, size {image.width}x{image.height})"
-        return _grey_from_pil(image, source, scale, draft=False, max_pixels=max_pixels)
+        return _source_from_pil(image, source, scale, draft=False, max_pixels=max_pixels)
 
     source, data = _open_source(image, bytestream)
     try:
@@ -117,7 +163,8 @@ def decode_grey(image, *, bytestream=False, draft=True, scale="1.x", max_pixels=
             except Image.DecompressionBombError as error:
                 raise ImageLoadError(source, f"refused: too many pixels ({error})") from None
             with opened:
-                return _grey_from_pil(opened, source, scale, draft=draft, max_pixels=max_pixels)
+                return _source_from_pil(opened, source, scale, draft=draft,
+                                        max_pixels=max_pixels)
     except ImageLoadError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError,
@@ -206,7 +253,7 @@ def _pil_reason(error):
     return f"corrupt or unsupported image data ({type(error).__name__}: {message})"
 
 
-def _grey_from_pil(image, source, scale, draft, max_pixels):
+def _source_from_pil(image, source, scale, draft, max_pixels):
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageLoadError(source, f"zero-size image ({width}x{height})")
@@ -228,9 +275,10 @@ def _grey_from_pil(image, source, scale, draft, max_pixels):
         # A reduced decode is an approximation already; Pillow's own conversion (rounded to
         # 8 bits) is several times cheaper than the float64 one, which only exactness needs.
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-        grey = np.asarray(rgb.convert("L", matrix=_GREY_MATRIX))
-        return np.multiply(grey, np.float32(1 / 255), dtype=np.float32), (height, width)
-    return _grey_from_array(_array_from_pil(image), source, scale), (height, width)
+        return GreySource(rgb.convert("L", matrix=_GREY_MATRIX), "draft8"), (height, width)
+    if image.mode == "RGB":
+        return GreySource(image, "rgb8"), (height, width)
+    return _source_from_array(_array_from_pil(image), source, scale), (height, width)
 
 
 def reduce_for_signature(image):
@@ -256,7 +304,7 @@ def _reduce_decoded(image):
 
 
 def _array_from_pil(image):
-    """Pixels as an array whose layout ``_grey_from_array`` understands."""
+    """Pixels as an array whose layout ``_source_from_array`` understands."""
     mode = image.mode
     if mode in ("L", "RGB", "RGBA", "LA"):
         return np.asarray(image)
@@ -277,8 +325,8 @@ def _array_from_pil(image):
     return np.asarray(image.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, RGBX
 
 
-def _grey_from_array(array, source, scale):
-    """Grey levels from an array of pixels (see ``load_grey`` for the layouts accepted)."""
+def _source_from_array(array, source, scale):
+    """The grey source of an array of pixels (see ``load_grey`` for the layouts accepted)."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):
@@ -287,16 +335,22 @@ def _grey_from_array(array, source, scale):
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageLoadError(source, "zero-size image")
-    if array.dtype == bool:
-        array = array.astype(np.float64)
-    elif array.dtype.kind == "f":
+    if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise ImageLoadError(source, "contains NaN or infinite values")
-        array = array.astype(np.float64, copy=False)
-    elif array.dtype not in (np.uint8, np.uint16):
+    elif array.dtype not in (bool, np.uint8, np.uint16):
         raise ImageLoadError(
             source, f"unsupported dtype {array.dtype} (expected uint8, uint16, bool or float)"
         )
+    if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
+        return GreySource(array, "rgb8")
+    return GreySource(_grey_from_array(array, scale), "grey")
+
+
+def _grey_from_array(array, scale):
+    """Grey levels from a checked array of pixels."""
+    if array.dtype == bool or array.dtype.kind == "f":
+        array = array.astype(np.float64, copy=False)
 
     if array.ndim == 2:
         if array.dtype == np.uint8:
@@ -317,6 +371,20 @@ def _grey_from_array(array, source, scale):
     return grey
 
 
+def _grey_from_rgb8(array):
+    """1.x's float64 grey levels of (H, W, 3) uint8 red, green and blue (``GREY_TABLES``), a band
+    of rows at a time (no float64 copy of the channels)."""
+    grey = np.empty(array.shape[:2])
+    band = max(1, _BAND_PIXELS // array.shape[1])
+    red, green, blue = GREY_TABLES
+    for start in range(0, array.shape[0], band):
+        rows = array[start:start + band]
+        out = grey[start:start + band]
+        np.add(red[rows[:, :, 0]], green[rows[:, :, 1]], out=out)
+        out += blue[rows[:, :, 2]]
+    return grey
+
+
 def _grey_from_channels(array):
     """0-1 grey levels of RGB, RGBA or grey+alpha pixels (3-D array, uint8/16 or float in 0-1)."""
     colour = array[:, :, :3] if array.shape[2] >= 3 else array[:, :, :1]
@@ -332,4 +400,15 @@ def _grey_from_channels(array):
         colour = np.clip((1 - alpha) + alpha * colour, 0, 1)
     if colour.shape[2] == 1:
         return colour[:, :, 0]
-    return colour @ GREY_WEIGHTS
+    return _weighted_grey(colour)
+
+
+def _weighted_grey(colour):
+    """``(red * w_red + green * w_green) + blue * w_blue`` of 0-1 channels: scikit-image's
+    rgb2gray, in an order of additions written down (a matrix product's is the BLAS's own), which
+    ``GREY_TABLES`` and the kernel follow too."""
+    red, green, blue = GREY_WEIGHTS
+    grey = colour[:, :, 0] * red
+    grey += colour[:, :, 1] * green
+    grey += colour[:, :, 2] * blue
+    return grey
