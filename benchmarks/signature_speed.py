@@ -2,24 +2,28 @@
 
     python benchmarks/signature_speed.py [--runs 3] [--skip-memory]
 
-Every figure is measured in this run: the median over ``--runs`` passes of the CPU seconds per
-image (wall-clock time for the all-cores table), so ratios between rows hold even on a busy
-machine. Rows:
+Every figure is measured in this run: the median over ``--runs`` runs of the CPU seconds per
+image (wall-clock time for the all-cores table). Each run passes over the corpus once with every
+method in turn, and the ratios (to the decode floor, to 1.1.2) are taken within each run, then
+their median: so ratios between rows hold even on a busy machine. Rows:
 
 - decode full / decode draft: Pillow's decode alone, at full scale and at the reduced DCT scale
   our loader picks: the floor under any signature computed from the pixels. "luma plane only"
   decodes just the JPEG's Y plane at that scale: what skipping colour would buy (we do not; see
   draft_distance.py for what it would cost).
 - ours: ``ImageSignature(draft=...).generate_signature(path)``, draft decode on (the stores
-  image-match 2 makes) and off (the default, bit-identical to image-match 1.1.2).
+  image-match 2 makes) and off (the default, bit-identical to image-match 1.1.2); each with the
+  compiled kernel (``image_match.kernel``, when it is built) and with the numpy reference
+  (``IMAGE_MATCH_SIGNATURE_KERNEL=numpy``), which give the same signatures.
 - image-match 1.1.2, imagehash.phash, pdqhash: the same files, when installed.
 - all cores: ``generate_signatures`` with one process per core, against one process.
 
-Then the peak RSS of signing one 50-megapixel JPEG in a fresh process.
+Then the peak RSS of signing one 50-megapixel JPEG in a fresh process, with each implementation.
 """
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +36,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from common import (CACHE, corpus_paths, load_image_match_1x, machine_line,  # noqa: E402
-                    open_luma_draft, optional_import, print_table, time_per_item)
+                    open_luma_draft, optional_import, print_table, time_interleaved)
+from image_match import kernel  # noqa: E402
 from image_match.goldberg import ImageSignature  # noqa: E402
 from image_match.loading import reduce_for_signature  # noqa: E402
 
@@ -54,6 +59,17 @@ def decode_luma_draft(path):
         image.load()
 
 
+def with_kernel(function, enabled):
+    """``function`` run with the compiled kernel on or off (``kernel.use``)."""
+    def run(*args):
+        previous = kernel.use(enabled)
+        try:
+            return function(*args)
+        finally:
+            kernel.use(previous)
+    return run
+
+
 def methods():
     ours_draft = ImageSignature(draft=True)
     ours_full = ImageSignature(draft=False)
@@ -61,9 +77,17 @@ def methods():
         ("decode full (Pillow)", decode_full, "full"),
         ("decode draft (Pillow, our scale)", decode_draft, "draft"),
         ("decode draft, luma plane only", decode_luma_draft, "draft"),
-        ("ours, draft decode (new stores)", ours_draft.generate_signature, "draft"),
-        ("ours, full decode (1.x-exact)", ours_full.generate_signature, "full"),
     ]
+    implementations = [("numpy", False)]
+    if kernel.available():
+        implementations.insert(0, ("kernel", True))
+    for name, enabled in implementations:
+        rows += [
+            (f"ours, draft decode (new stores), {name}",
+             with_kernel(ours_draft.generate_signature, enabled), "draft"),
+            (f"ours, full decode (1.x-exact), {name}",
+             with_kernel(ours_full.generate_signature, enabled), "full"),
+        ]
     old = load_image_match_1x()
     if old is not None:
         rows.append(("image-match 1.1.2", old.ImageSignature().generate_signature, "full"))
@@ -126,14 +150,25 @@ print(before, peak_kib())
 """
 
 
-def peak_rss(path, draft):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+def peak_rss(path, draft, implementation):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+               IMAGE_MATCH_SIGNATURE_KERNEL="auto" if implementation == "kernel" else "numpy")
     out = subprocess.run([sys.executable, "-c", PEAK_RSS_SCRIPT.format(draft=draft), str(path)],
                          capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1]
     before, after = (int(v) / 1024 for v in out.stdout.split())
     return before, after
+
+
+def median_ratio(numerators, denominators):
+    """The median over runs of one run's ratio."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators))
+
+
+def load_average():
+    """The 1-minute load average at the start: how busy the machine was while measured."""
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "unknown"
 
 
 def main():
@@ -143,26 +178,26 @@ def main():
     args = parser.parse_args()
 
     folder, paths = corpus_paths()
-    print(f"{len(paths)} images from {folder}; {machine_line()}; median of {args.runs} runs\n")
-    results = []
-    for name, function, floor_kind in methods():
-        seconds = time_per_item(function, [str(p) for p in paths], runs=args.runs)
-        results.append((name, seconds, floor_kind))
+    print(f"{len(paths)} images from {folder}; {machine_line()}; median of {args.runs} runs; "
+          f"load average {load_average()}; signatures by default: {kernel.describe()}\n")
+    rows = methods()
+    per_run = dict(zip((name for name, _, _ in rows), time_interleaved(
+        [function for _, function, _ in rows], [str(p) for p in paths], runs=args.runs)))
+    floors = {"full": per_run["decode full (Pillow)"],
+              "draft": per_run["decode draft (Pillow, our scale)"]}
+    old = per_run.get("image-match 1.1.2")
+    table = []
+    for name, _, floor_kind in rows:
+        seconds = statistics.median(per_run[name])
         print(f"  {name}: {seconds * 1000:.2f} ms", file=sys.stderr)
-
-    by_name = {name: seconds for name, seconds, _ in results}
-    floors = {"full": by_name["decode full (Pillow)"],
-              "draft": by_name["decode draft (Pillow, our scale)"]}
-    old = by_name.get("image-match 1.1.2")
-    rows = []
-    for name, seconds, floor_kind in results:
-        rows.append((
+        # Ratios within each run (the same minutes of the machine), then their median.
+        table.append((
             name, f"{1 / seconds:.0f}", f"{seconds * 1000:.2f}",
-            f"{old / seconds:.1f}x" if old else "-",
-            f"{seconds / floors[floor_kind]:.2f}",
+            f"{median_ratio(old, per_run[name]):.1f}x" if old else "-",
+            f"{median_ratio(per_run[name], floors[floor_kind]):.2f}",
         ))
     print("One process:\n")
-    print_table(["method", "images/s", "ms/image", "speed vs 1.1.2", "time / decode floor"], rows)
+    print_table(["method", "images/s", "ms/image", "speed vs 1.1.2", "time / decode floor"], table)
 
     timings = all_cores(paths, args.runs)
     single = timings[1]
@@ -176,13 +211,14 @@ def main():
             size = f"{image.width}x{image.height}"
         rows = []
         for draft in (True, False):
-            before, after = peak_rss(path, draft)
-            if before is None:
-                rows.append((f"draft={draft}", "-", f"failed: {after}"))
-            else:
-                rows.append((f"draft={draft}", f"{before:.0f}", f"{after:.0f}"))
+            for implementation in ("kernel", "numpy") if kernel.available() else ("numpy",):
+                before, after = peak_rss(path, draft, implementation)
+                if before is None:
+                    rows.append((f"draft={draft}", implementation, "-", f"failed: {after}"))
+                else:
+                    rows.append((f"draft={draft}", implementation, f"{before:.0f}", f"{after:.0f}"))
         print(f"\nPeak RSS signing one {size} JPEG ({path.stat().st_size / 1e6:.1f} MB), fresh process:\n")
-        print_table(["decode", "MB after imports", "MB peak"], rows)
+        print_table(["decode", "signature", "MB after imports", "MB peak"], rows)
 
 
 if __name__ == "__main__":

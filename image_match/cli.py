@@ -14,7 +14,7 @@ import sys
 import click
 import numpy as np
 
-from . import __version__
+from . import __version__, kernel
 from .cli_common import (EXIT_FAILURE, EXIT_USAGE, Context, Group, json_line,  # noqa: F401
                          output_options)
 from .errors import ImageMatchError
@@ -39,7 +39,8 @@ def make_generator(variant, exact):
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="image-match")
+@click.version_option(__version__, prog_name="image-match", message="%(prog)s, version %(version)s\n"
+                      "signatures: " + kernel.describe().replace("%", "%%"))
 @click.option("-v", "--verbose", count=True, help="Say more; show tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Say only what was asked for.")
 @click.pass_context

@@ -63,8 +63,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 # CorruptImageError is imported from here by image-match 1.x code.
+from . import kernel
 from .errors import CorruptImageError, ImageMatchError, InvalidParameterError  # noqa: F401
-from .loading import decode_grey, load_grey
+from .loading import GreySource, decode_grey, decode_grey_source, load_grey
 
 VARIANTS = ("1.x", "paper")
 
@@ -114,7 +115,8 @@ def crop_window(grey, lower_percentile=5, upper_percentile=95, fix_ratio=False, 
     lower_percentile, upper_percentile : float
         How much variation to cut on each side, in percent.
     fix_ratio : bool
-        Use the larger of the two ranges for both axes (1.x's option for square renderings).
+        Use the larger of the two ranges for both axes (1.x's option for square renderings), cut
+        to each axis's size (1.x read past the shorter side of an image that is not square).
     variant : {"1.x", "paper"}
         "1.x": integer limits where the cumulative-difference array reaches its own percentile
         *values* (about 5% of the size, whatever the content, unless borders are flat).
@@ -143,8 +145,8 @@ def crop_window(grey, lower_percentile=5, upper_percentile=95, fix_ratio=False, 
 
     if fix_ratio:
         (top, bottom), (left, right) = limits
-        widest = limits[0] if bottom - top > right - left else limits[1]
-        return (widest, widest)
+        low, high = limits[0] if bottom - top > right - left else limits[1]
+        return tuple((min(low, size), min(high, size)) for size in grey.shape)
     return tuple(limits)
 
 
@@ -295,43 +297,46 @@ def block_means(grey, row_spans, column_spans, original_shape=None):
     if shape == grey.shape and integral:
         return _pixel_block_means(grey, row_starts, row_stops, column_starts, column_stops)
 
-    # Area-weighted sums: each pixel weighs the area it shares with a square. Along the rows,
-    # each band of squares gathers only the pixel rows it touches; along the columns, the bands'
-    # sums are weighed over the whole width. Every sum runs over an outer axis, which numpy adds
-    # in index order, as the compiled kernel does (image_match.kernel): an einsum or a matrix
-    # product would add in an order of their own, and a tie between two means (uniform
-    # squares) could then fall either way. Numpy calls are counted here: on arrays this small
-    # each costs more than its arithmetic.
+    # Area-weighted sums: each pixel weighs the area it shares with a square. Each band of
+    # squares adds the pixel rows it touches, then each square the columns it touches, one
+    # after another from the top and from the left: an order written down here (numpy's own
+    # sums, einsums and matrix products add in orders of their own), which the compiled kernel
+    # follows (image_match.kernel), so that a tie between squares' means (uniform squares)
+    # falls the same way in both. A loop runs over the few rows or columns a square touches,
+    # each step on all squares at once.
     row_scale, column_scale = grey.shape[0] / shape[0], grey.shape[1] / shape[1]
     top, bottom = row_starts * row_scale, row_stops * row_scale
     left, right = column_starts * column_scale, column_stops * column_scale
+    band_sums = np.zeros((len(top), grey.shape[1]))
     first = np.floor(top).astype(np.intp)
-    span = max(int(np.max(np.ceil(bottom) - first)), 1)
-    touched = first[:, None] + np.arange(span)                          # (n, m) pixel rows
-    rows = grey[np.minimum(touched, grey.shape[0] - 1)]                 # (n, m, w)
-    band_sums = np.sum(_coverage(touched, top, bottom)[:, :, None] * rows, axis=1)
-    weights = _coverage(np.arange(grey.shape[1]), left, right)          # (k, w)
-    sums = np.sum(band_sums.T[:, :, None] * weights.T[:, None, :], axis=0)
+    for offset in range(max(int(np.max(np.ceil(bottom) - first)), 1)):
+        row = first + offset
+        band_sums += _coverage(row, top, bottom)[:, None] * grey[np.minimum(row, grey.shape[0] - 1)]
+    sums = np.zeros((len(top), len(left)))
+    first = np.floor(left).astype(np.intp)
+    for offset in range(max(int(np.max(np.ceil(right) - first)), 1)):
+        column = first + offset
+        weights = np.where(column < grey.shape[1], _coverage(column, left, right), 0)
+        sums += band_sums[:, np.minimum(column, grey.shape[1] - 1)] * weights
     areas = np.outer(bottom - top, right - left)
     return sums / np.where(areas > 0, areas, 1)
 
 
 def _coverage(pixels, low, high):
-    """How much of each pixel ``[p, p + 1)`` each span ``[low[i], high[i])`` covers: 0 to 1,
-    broadcast as ``pixels`` against ``low[:, None]``."""
-    return np.clip(np.minimum(pixels + 1, high[:, None]) - np.maximum(pixels, low[:, None]),
-                   0, None)
+    """How much of pixel ``[pixels[i], pixels[i] + 1)`` span ``[low[i], high[i])`` covers, 0 to 1."""
+    return np.clip(np.minimum(pixels + 1, high) - np.maximum(pixels, low), 0, None)
 
 
 def _pixel_block_means(grey, row_starts, row_stops, column_starts, column_stops):
-    # Without a loop over points: the rows of each band of squares are gathered and summed, and
-    # the squares' sums are differences of the bands' cumulative sums along the columns.
+    # Each band of squares adds its rows one after another from the top (a loop over the rows of
+    # a square, each step on all bands at once), in the order the compiled kernel follows; the
+    # squares' sums are differences of the bands' cumulative sums along the columns.
     height, width = grey.shape
-    P = int(np.max(row_stops - row_starts))
-    band_rows = row_starts[:, None] + np.arange(P)
-    in_band = band_rows < row_stops[:, None]  # a band cut by the bottom edge has fewer rows
-    band_rows = np.minimum(band_rows, height - 1)
-    band_sums = np.sum(grey[band_rows], axis=1, dtype=np.float64, where=in_band[:, :, None])
+    band_sums = np.zeros((len(row_starts), width))
+    for offset in range(int(np.max(row_stops - row_starts))):
+        rows = row_starts + offset
+        np.add(band_sums, grey[np.minimum(rows, height - 1)], out=band_sums,
+               where=(rows < row_stops)[:, None])  # a band cut by the bottom edge has fewer rows
     cumulative = np.zeros((band_sums.shape[0], width + 1))
     np.cumsum(band_sums, axis=1, out=cumulative[:, 1:])
     square_sums = cumulative[:, column_stops] - cumulative[:, column_starts]
@@ -419,6 +424,11 @@ def _percentile_levels(n_levels):
     return tuple(float(level) for level in np.linspace(0, 100, n_levels + 1))
 
 
+@lru_cache(maxsize=8)
+def _percentile_array(n_levels):
+    return np.array(_percentile_levels(n_levels))
+
+
 def signature_from_grey(grey, n=9, crop_percentiles=(5, 95), P=None, diagonal_neighbors=True,
                         identical_tolerance=2 / 255.0, n_levels=2, fix_ratio=False, variant="1.x",
                         original_shape=None):
@@ -438,8 +448,29 @@ def signature_from_grey(grey, n=9, crop_percentiles=(5, 95), P=None, diagonal_ne
     grey = np.asarray(grey)
     if grey.ndim != 2 or grey.size == 0:
         raise InvalidParameterError(f"grey must be a non-empty 2-D array, not shape {grey.shape}")
+    shape = grey.shape if original_shape is None else original_shape
+    return signature_from_source(GreySource(grey, "grey"), shape, n, crop_percentiles, P,
+                                 diagonal_neighbors, identical_tolerance, n_levels, fix_ratio,
+                                 variant)
+
+
+def signature_from_source(source, original_shape, n=9, crop_percentiles=(5, 95), P=None,
+                          diagonal_neighbors=True, identical_tolerance=2 / 255.0, n_levels=2,
+                          fix_ratio=False, variant="1.x"):
+    """The signature of a ``loading.GreySource`` (``loading.decode_grey_source``): by the compiled
+    kernel where it is in use (``image_match.kernel``), which reads 8-bit pixels without making
+    a float grey array, else by the numpy steps on ``source.grey()``; the same signature either
+    way. Parameters: as ``signature_from_grey``, with ``original_shape`` required.
+    """
     _check_variant(variant)
-    shape = grey.shape if original_shape is None else tuple(original_shape)
+    if variant == "1.x" and kernel.in_use():
+        signature = kernel.signature(source, original_shape, n, crop_percentiles, P,
+                                     diagonal_neighbors, identical_tolerance, n_levels, fix_ratio,
+                                     _percentile_array(n_levels))
+        if signature is not None:
+            return signature
+    grey = source.grey()
+    shape = tuple(original_shape)
     if variant == "paper" and grey.dtype == np.uint8:
         grey = grey * (1.0 / 255)
 
@@ -923,6 +954,12 @@ class ImageSignature:
         return decode_grey(image, bytestream=bytestream, draft=self.draft,
                            scale="0-1" if self.variant == "paper" else "1.x")
 
+    def decode_source(self, image, bytestream=False):
+        """``(GreySource, original_shape)`` as this generator decodes ``image``, before the grey
+        levels are made; see ``loading.decode_grey_source``."""
+        return decode_grey_source(image, bytestream=bytestream, draft=self.draft,
+                                  scale="0-1" if self.variant == "paper" else "1.x")
+
     def signature_of_grey(self, grey, original_shape=None):
         """The signature of an already decoded 2-D grey array (see ``signature_from_grey``)."""
         return signature_from_grey(
@@ -950,7 +987,12 @@ class ImageSignature:
         ImageLoadError
             The input is not a readable image; the message names it and says why.
         """
-        return self.signature_of_grey(*self.decode(path_or_image, bytestream=bytestream))
+        source, original_shape = self.decode_source(path_or_image, bytestream=bytestream)
+        return signature_from_source(
+            source, original_shape, self.n, self.crop_percentiles, self.P,
+            self.diagonal_neighbors, self.identical_tolerance, self.n_levels, self.fix_ratio,
+            self.variant,
+        )
 
     def orientation_signatures(self, image, bytestream=False):
         """The signatures of ``image`` in its 8 orientations (``DIHEDRAL_NAMES`` order), from one

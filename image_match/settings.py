@@ -24,6 +24,9 @@ IMAGE_MATCH_VISIBILITY_TIMEOUT            seconds before a batch taken by a work
 IMAGE_MATCH_INGEST_THREADS                downloads at a time per ingestion worker process  8
 IMAGE_MATCH_INGEST_MAX_RETRIES            retries of a transient ingestion failure          8
 IMAGE_MATCH_INGEST_RETRY_DELAY            seconds before the first retry (then doubled)     2
+IMAGE_MATCH_SIGNATURE_KERNEL              ``numpy``: sign with the numpy reference even    auto
+                                          where the compiled kernel is built
+                                          (``image_match.kernel``)
 ========================================  ===============================================  =====================
 
 ``image_match.tasks.config`` explains the ingestion settings' interplay.
@@ -60,6 +63,13 @@ class Settings:
     ingest_threads: int
     ingest_max_retries: int
     ingest_retry_delay: float
+    signature_kernel: str
+
+
+def auto_or_numpy(raw):
+    if raw not in ("auto", "numpy"):
+        raise ValueError(raw)
+    return raw
 
 
 def _split_list(raw):
@@ -82,6 +92,7 @@ _VARIABLES = {
     "INGEST_THREADS": (8, int, "ingest_threads", 1),
     "INGEST_MAX_RETRIES": (8, int, "ingest_max_retries", 0),
     "INGEST_RETRY_DELAY": (2.0, float, "ingest_retry_delay", 0),
+    "SIGNATURE_KERNEL": ("auto", auto_or_numpy, "signature_kernel", None),
 }
 
 
