@@ -245,6 +245,17 @@ def test_crop_percentiles_none_and_fix_ratio_and_P():
                          .generate_signature(PHOTO))) == set(range(-3, 4))
 
 
+def test_fix_ratio_on_an_image_that_is_not_square():
+    # The wider range is cut to the shorter axis; the squares read past it before (an
+    # IndexError for a tall image, empty squares for a wide one).
+    photo = np.asarray(rgb().convert("L"))  # 427 x 640
+    for image, short_axis in ((photo[:, :200], 1), (photo[:200], 0)):
+        window = crop_window(image, fix_ratio=True)
+        assert window[short_axis][1] == 200 and window[0][0] == window[1][0]
+        signature = ImageSignature(fix_ratio=True).generate_signature(image)
+        assert signature.shape == (648,) and signature.any()
+
+
 def test_crop_of_flat_borders():
     grey = np.zeros((200, 300))
     grey[50:150, 100:200] = np.random.default_rng(0).random((100, 100))
