@@ -7,9 +7,11 @@ stores) and ``ImageSignature(draft=False)`` (the default: image-match 1.x's exac
 variant; and for scale, the distance a real transformation causes (a Lanczos resize to half size, a
 JPEG re-encode at quality 75), signed the exact way. Draft decoding is image-match 2's default for
 new stores because its distances stay far below the cutoff and below those of a half-size resize.
-One more row shows why the loader decodes colour: signing the JPEG's luma plane alone (faster, see
-signature_speed.py) moves signatures much further, because luma weighs red and blue unlike 1.x's
-grey.
+Two more rows: the draft decode the loader used before it read a YCbCr JPEG's planes directly
+(RGB, then Pillow's 8-bit grey), which the planes must stay as close to the full decode as (on
+the whole corpus and on its held-out share); and why the loader decodes colour: signing the
+JPEG's luma plane alone (faster, see signature_speed.py) moves signatures much further, because
+luma weighs red and blue unlike 1.x's grey.
 """
 
 import io
@@ -22,9 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from common import corpus_paths, machine_line, open_luma_draft, print_table  # noqa: E402
+from common import (corpus_paths, is_held_out, machine_line, open_luma_draft,  # noqa: E402
+                    print_table)
 from image_match.goldberg import ImageSignature, normalized_distance  # noqa: E402
-from image_match.loading import DRAFT_MIN_SIDE, decode_grey  # noqa: E402
+from image_match.loading import (DRAFT_GREY_TABLE, DRAFT_MIN_SIDE, GREY_WEIGHTS,  # noqa: E402
+                                 decode_grey, reduce_for_signature)
 
 
 def reencoded(path, half=False, quality=75):
@@ -49,6 +53,21 @@ def luma_signature(generator, path):
     return generator.signature_of_grey(grey, (height, width))
 
 
+def rgb_draft_signature(generator, path):
+    """Signed from the draft decode to RGB, then Pillow's 8-bit grey (the loader's draft decode
+    of JPEGs before it read the YCbCr planes), placed as on the original and turned upright."""
+    with Image.open(path) as image:
+        width, height = image.size
+        if not reduce_for_signature(image):
+            return generator.generate_signature(path)
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    if upright.size != image.size:
+        height, width = width, height
+    grey = DRAFT_GREY_TABLE[np.asarray(upright.convert("L", matrix=(*GREY_WEIGHTS, 0.0)))]
+    return generator.signature_of_grey(grey, (height, width))
+
+
 def summary(name, distances):
     d = np.asarray(distances)
     return (name, f"{np.median(d):.3f}", f"{np.percentile(d, 90):.3f}", f"{np.percentile(d, 99):.3f}",
@@ -65,10 +84,18 @@ def main():
         draft = ImageSignature(variant=variant, draft=True)
         exact = ImageSignature(variant=variant, draft=False)
         full = [exact.generate_signature(p) for p in paths]
-        rows.append(summary(f"{variant}: draft vs full decode",
-                            [normalized_distance(draft.generate_signature(p), f)
-                             for p, f in zip(paths, full)]))
+        drafts = [normalized_distance(draft.generate_signature(p), f) for p, f in zip(paths, full)]
+        rows.append(summary(f"{variant}: draft vs full decode", drafts))
         if variant == "1.x":
+            before = [normalized_distance(rgb_draft_signature(draft, p), f)
+                      for p, f in zip(paths, full)]
+            rows.append(summary("1.x: draft, RGB then Pillow's 8-bit grey (before)", before))
+            # The loader's draft decode was chosen on these photos too: the share kept out.
+            held = [is_held_out(p) for p in paths]
+            rows.append(summary(f"  held out ({sum(held)} photos): draft vs full decode",
+                                [d for d, h in zip(drafts, held) if h]))
+            rows.append(summary("  held out: RGB then 8-bit grey (before)",
+                                [d for d, h in zip(before, held) if h]))
             rows.append(summary("1.x: luma plane only, draft scale (not used)",
                                 [normalized_distance(luma_signature(draft, p), f)
                                  for p, f in zip(paths, full)]))

@@ -45,7 +45,8 @@ enum rule {
     GREY_F32 = 1, /* the float32 array is the grey */
     GREY_F64 = 2, /* the float64 array is the grey */
     DRAFT8 = 3,   /* uint8 grey v -> float32 table[v] */
-    RGB8 = 4      /* uint8 red, green, blue -> (table[r] + table[256 + g]) + table[512 + b] */
+    TABLES3 = 4   /* three uint8 channels a, b, c -> (table[a] + table[256 + b]) + table[512 + c]
+                     (red, green, blue, or a draft decode's Y, Cb, Cr) */
 };
 
 /* ---- Apache Arrow's C data interface (a stable ABI), to read a PIL image without a copy ---- */
@@ -83,7 +84,7 @@ typedef struct {
     Py_ssize_t row_stride, column_stride, channel_stride; /* bytes */
     int rule;
     const float *table32;         /* DRAFT8: 256 values */
-    const double *table64;        /* RGB8: 3 x 256 values */
+    const double *table64;        /* TABLES3: 3 x 256 values */
 } Source;
 
 /* Row i of a float32 grey, as a pointer into the source where it is contiguous, else filled
@@ -131,13 +132,13 @@ row_f64(const Source *s, Py_ssize_t i, Py_ssize_t width, double *buffer)
         }
         return buffer;
     }
-    /* RGB8: the reference adds (red + green) + blue. */
+    /* TABLES3: the reference adds (first + second) + third, as (red + green) + blue. */
     {
-        const double *red = s->table64, *green = s->table64 + 256, *blue = s->table64 + 512;
+        const double *first = s->table64, *second = s->table64 + 256, *third = s->table64 + 512;
         const Py_ssize_t cs = s->column_stride, ch = s->channel_stride;
         const unsigned char *p = (const unsigned char *)row;
         for (j = 0; j < width; j++, p += cs) {
-            buffer[j] = (red[p[0]] + green[p[ch]]) + blue[p[2 * ch]];
+            buffer[j] = (first[p[0]] + second[p[ch]]) + third[p[2 * ch]];
         }
     }
     return buffer;
@@ -166,7 +167,7 @@ is_float32_domain(const Source *s)
 static int
 is_float64_domain(const Source *s)
 {
-    return s->rule == GREY_F64 || s->rule == RGB8;
+    return s->rule == GREY_F64 || s->rule == TABLES3;
 }
 
 /* ---- step 1: the crop window ----------------------------------------------------------------- */
@@ -687,7 +688,7 @@ typedef struct {
 static int
 open_pixels(PyObject *pixels, Source *s, Held *held)
 {
-    const int channels = s->rule == RGB8 ? 3 : 1;
+    const int channels = s->rule == TABLES3 ? 3 : 1;
     held->has_view = 0;
     if (PyTuple_Check(pixels)) {
         PyObject *schema_capsule, *array_capsule;
@@ -703,7 +704,7 @@ open_pixels(PyObject *pixels, Source *s, Held *held)
         if (schema == NULL || array == NULL) {
             return -1;
         }
-        if (s->rule != DRAFT8 && s->rule != RGB8 && s->rule != GREY_U8) {
+        if (s->rule != DRAFT8 && s->rule != TABLES3 && s->rule != GREY_U8) {
             return 1;
         }
         if (array->length != height * width || array->null_count != 0 || height <= 0
@@ -806,7 +807,7 @@ PyDoc_STRVAR(signature_doc,
 "Write the 1.x signature of a grey source into out (int8, n * n * 8 or n * n * 4).\n"
 "pixels: an array, or (arrow schema capsule, arrow array capsule, height, width).\n"
 "rule: 0 uint8 grey, 1 float32 grey, 2 float64 grey, 3 draft 8-bit grey (table: 256 float32),\n"
-"4 8-bit RGB (table: 3 x 256 float64). P: 0 for the size's own. levels: n_levels + 1 float64\n"
+"4 three 8-bit channels (table: 3 x 256 float64). P: 0 for the size's own. levels: n_levels + 1 float64\n"
 "percentiles. False when the kernel declines the input (a layout it does not read, a value\n"
 "that is not finite): the numpy reference signs it then.");
 
@@ -833,7 +834,7 @@ signature(PyObject *self, PyObject *args)
                           &fix_ratio, &P, &diagonal, &tolerance, &levels_object, &out_object)) {
         return NULL;
     }
-    if (rule < GREY_U8 || rule > RGB8 || n < 2 || P < 0 || original_height <= 0
+    if (rule < GREY_U8 || rule > TABLES3 || n < 2 || P < 0 || original_height <= 0
         || original_width <= 0) {
         PyErr_SetString(PyExc_ValueError, "signature: invalid parameters");
         return NULL;
@@ -854,7 +855,7 @@ signature(PyObject *self, PyObject *args)
         Py_RETURN_FALSE;
     }
     table.obj = levels.obj = out.obj = NULL;
-    if (rule == DRAFT8 || rule == RGB8) {
+    if (rule == DRAFT8 || rule == TABLES3) {
         if (contiguous_buffer(table_object, &table, rule == DRAFT8 ? 256 : 768,
                               rule == DRAFT8 ? 4 : 8, 0, "table") < 0) {
             failed = 1;

@@ -17,17 +17,15 @@ every signature come from the numpy reference.
 import numpy as np
 
 from . import settings
-from .loading import DRAFT_GREY_TABLE, GREY_TABLES
+from .loading import DRAFT_GREY_TABLE, GREY_TABLES, YCBCR_GREY_TABLES
 
 try:
     from . import _signature_kernel as _compiled
-    _BUILD_ERROR = None
-except ImportError as error:  # not built: no compiler at install time, or a failed build
+except ImportError:  # not built: no C compiler at install time, or its build failed
     _compiled = None
-    _BUILD_ERROR = str(error)
 
 # The kernel's numbers for the grey rules of loading.GreySource, by the grey array's dtype for "grey".
-_GREY_U8, _GREY_F32, _GREY_F64, _DRAFT8, _RGB8 = range(5)
+_GREY_U8, _GREY_F32, _GREY_F64, _DRAFT8, _TABLES3 = range(5)
 _GREY_RULES = {np.dtype(np.uint8): _GREY_U8, np.dtype(np.float32): _GREY_F32,
                np.dtype(np.float64): _GREY_F64}
 
@@ -60,7 +58,8 @@ def describe():
     if in_use():
         return "compiled kernel (image_match._signature_kernel)"
     if _compiled is None:
-        return f"numpy reference (the compiled kernel is not built: {_BUILD_ERROR})"
+        return ("numpy reference (the compiled kernel is not built: no C compiler at install, "
+                "or its build failed)")
     if _forced is False:
         return "numpy reference (image_match.kernel.use(False))"
     return "numpy reference (IMAGE_MATCH_SIGNATURE_KERNEL=numpy)"
@@ -78,7 +77,9 @@ def signature(source, original_shape, n, crop_percentiles, P, diagonal_neighbors
     if n < 2 or n_levels < 1 or (P is not None and P < 1):
         return None
     if source.rule == "rgb8":
-        rule, table = _RGB8, GREY_TABLES
+        rule, table = _TABLES3, GREY_TABLES
+    elif source.rule == "ycc8":
+        rule, table = _TABLES3, YCBCR_GREY_TABLES
     elif source.rule == "draft8":
         rule, table = _DRAFT8, DRAFT_GREY_TABLE
     else:

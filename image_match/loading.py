@@ -48,6 +48,16 @@ _GREY_MATRIX = (*GREY_WEIGHTS, 0.0)
 GREY_TABLES = np.multiply(np.arange(256), 1.0 / 255, dtype=np.float64) * GREY_WEIGHTS[:, None]
 # The grey levels of a draft decode's 8-bit grey: value * (1/255) in float32.
 DRAFT_GREY_TABLE = np.arange(256, dtype=np.float32) * np.float32(1 / 255)
+# What each 8-bit Y, Cb and Cr value of a JPEG adds to a pixel's grey level: 1.x's weights
+# applied to JFIF's conversion (R = Y + 1.402 Cr', G = Y - 0.344136 Cb' - 0.714136 Cr',
+# B = Y + 1.772 Cb', with Cb' = Cb - 128, Cr' = Cr - 128; the weights add up to 1), on the 0-1
+# scale. A draft decode of a YCbCr JPEG reads its planes so, without Pillow's conversion to RGB
+# and its rounding to 8 bits (see _source_from_pil). (Y + Cb) + Cr, added in that order.
+_CB_WEIGHT = -GREY_WEIGHTS[1] * 0.344136 + GREY_WEIGHTS[2] * 1.772
+_CR_WEIGHT = GREY_WEIGHTS[0] * 1.402 - GREY_WEIGHTS[1] * 0.714136
+YCBCR_GREY_TABLES = np.stack([np.arange(256) * (1.0 / 255),
+                              (np.arange(256) - 128) * (_CB_WEIGHT / 255),
+                              (np.arange(256) - 128) * (_CR_WEIGHT / 255)])
 
 SCALES = ("1.x", "0-1")
 
@@ -55,7 +65,7 @@ _EXIF_ORIENTATION = 0x0112
 
 _REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")
 
-# Pixels converted to float at a time (see _grey_from_array, _grey_from_rgb8).
+# Pixels converted to float at a time (see _grey_from_array, _grey_from_channels8).
 _BAND_PIXELS = 1 << 18
 
 _URL_PREFIXES = ("http://", "https://")
@@ -117,20 +127,23 @@ class GreySource(NamedTuple):
     ----------
     pixels : ndarray or PIL.Image.Image
         What ``rule`` reads. A PIL image is read without a copy where the kernel can.
-    rule : {"grey", "rgb8", "draft8"}
+    rule : {"grey", "rgb8", "ycc8", "draft8"}
         "grey": ``pixels`` is the grey array. "rgb8": 8-bit red, green and blue (a PIL image in
         mode RGB or an (H, W, 3) uint8 array), 1.x's float64 grey levels (``GREY_TABLES``).
-        "draft8": 8-bit grey (a PIL image in mode L or an (H, W) uint8 array) on the 0-1 scale in
-        float32 (``DRAFT_GREY_TABLE``), as a draft decode makes it.
+        "ycc8": a JPEG's 8-bit Y, Cb and Cr planes (a PIL image in mode YCbCr, from a draft
+        decode), float64 grey levels with 1.x's weights (``YCBCR_GREY_TABLES``). "draft8": 8-bit
+        grey (a PIL image in mode L or an (H, W) uint8 array) on the 0-1 scale in float32
+        (``DRAFT_GREY_TABLE``), as a draft decode of other images makes it.
     """
 
     pixels: object
     rule: str
 
     def grey(self):
-        """The grey levels as a 2-D array: float64 for "rgb8", float32 for "draft8"."""
-        if self.rule == "rgb8":
-            return _grey_from_rgb8(np.asarray(self.pixels))
+        """The grey levels as a 2-D array: float64 for "rgb8" and "ycc8", float32 for "draft8"."""
+        if self.rule in ("rgb8", "ycc8"):
+            tables = GREY_TABLES if self.rule == "rgb8" else YCBCR_GREY_TABLES
+            return _grey_from_channels8(np.asarray(self.pixels), tables)
         if self.rule == "draft8":
             return DRAFT_GREY_TABLE[np.asarray(self.pixels)]
         return self.pixels
@@ -262,8 +275,13 @@ def _source_from_pil(image, source, scale, draft, max_pixels):
             source, f"refused: {width}x{height} = {width * height} pixels is more than the "
             f"limit of {max_pixels} (IMAGE_MATCH_MAX_IMAGE_PIXELS)"
         )
-    reduced = draft and reduce_for_signature(image)
+    # A reduced decode is an approximation already: a YCbCr JPEG's planes are read as they are
+    # (libjpeg's conversion to RGB costs more than the signature's arithmetic), other images
+    # go through Pillow's conversion to 8-bit grey; only exactness needs 1.x's float64 grey.
+    # Either stays as close to the full decode's signature as the other (draft_distance.py).
+    reduced = draft and reduce_for_signature(image, "YCbCr" if _holds_ycbcr(image) else None)
     image.load()
+    planes = reduced and image.mode == "YCbCr"
     if draft and not reduced:
         image, reduced = _reduce_decoded(image)
     if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
@@ -271,9 +289,9 @@ def _source_from_pil(image, source, scale, draft, max_pixels):
         if upright.size != image.size:  # turned by 90 or 270 degrees
             width, height = height, width
         image = upright
+    if planes:
+        return GreySource(image, "ycc8"), (height, width)
     if reduced and image.mode in ("RGB", "CMYK", "YCbCr"):
-        # A reduced decode is an approximation already; Pillow's own conversion (rounded to
-        # 8 bits) is several times cheaper than the float64 one, which only exactness needs.
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         return GreySource(rgb.convert("L", matrix=_GREY_MATRIX), "draft8"), (height, width)
     if image.mode == "RGB":
@@ -281,16 +299,32 @@ def _source_from_pil(image, source, scale, draft, max_pixels):
     return _source_from_array(_array_from_pil(image), source, scale), (height, width)
 
 
-def reduce_for_signature(image):
+def reduce_for_signature(image, mode=None):
     """Ask a JPEG not yet loaded to decode at the smallest DCT scale keeping its short side at
-    least ``DRAFT_MIN_SIDE``; other images are left alone. True when the scale was reduced."""
+    least ``DRAFT_MIN_SIDE``; other images are left alone. True when the scale was reduced.
+
+    ``mode``: the mode to decode to, None for the image's own (Pillow's ``draft``: "YCbCr" reads
+    a colour JPEG's planes without converting them to RGB)."""
     width, height = image.size
     if image.format != "JPEG" or min(width, height) < 2 * DRAFT_MIN_SIDE:
         return False
     factor = DRAFT_MIN_SIDE / min(width, height)
     # draft() picks the largest reduction (1/2, 1/4, 1/8) that keeps at least the requested size.
     requested = (int(np.ceil(width * factor)), int(np.ceil(height * factor)))
-    return image.draft(image.mode, requested) is not None
+    return image.draft(mode or image.mode, requested) is not None
+
+
+def _holds_ycbcr(image):
+    """Whether a colour JPEG stores YCbCr, by libjpeg's rule (which decodes it to YCbCr only
+    then): a JFIF marker says so; else an Adobe marker's transform (0: RGB); else component ids
+    'R', 'G', 'B' mean RGB."""
+    if image.format != "JPEG" or image.mode != "RGB":
+        return False
+    if "jfif" in image.info:
+        return True
+    if "adobe_transform" in image.info:
+        return image.info["adobe_transform"] != 0
+    return [layer[0] for layer in getattr(image, "layer", ())] != [82, 71, 66]
 
 
 def _reduce_decoded(image):
@@ -371,17 +405,19 @@ def _grey_from_array(array, scale):
     return grey
 
 
-def _grey_from_rgb8(array):
-    """1.x's float64 grey levels of (H, W, 3) uint8 red, green and blue (``GREY_TABLES``), a band
-    of rows at a time (no float64 copy of the channels)."""
+def _grey_from_channels8(array, tables):
+    """float64 grey levels of (H, W, 3) uint8 channels, (first + second) + third of ``tables``
+    (``GREY_TABLES``, ``YCBCR_GREY_TABLES``), a band of rows at a time (no float64 copy of the
+    channels)."""
     grey = np.empty(array.shape[:2])
     band = max(1, _BAND_PIXELS // array.shape[1])
-    red, green, blue = GREY_TABLES
+    first, second, third = tables
     for start in range(0, array.shape[0], band):
         rows = array[start:start + band]
         out = grey[start:start + band]
-        np.add(red[rows[:, :, 0]], green[rows[:, :, 1]], out=out)
-        out += blue[rows[:, :, 2]]
+        np.take(first, rows[:, :, 0], out=out)
+        out += np.take(second, rows[:, :, 1])
+        out += np.take(third, rows[:, :, 2])
     return grey
 
 

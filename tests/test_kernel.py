@@ -103,10 +103,10 @@ def test_version_says_which_code_signs():
 # --- bit for bit ---------------------------------------------------------------------------------
 
 GENERATORS = {
-    "draft": ImageSignature(),
+    "draft": ImageSignature(draft=True),
     "exact": ImageSignature(draft=False),
     "4 neighbours, n=7, P=5, fix_ratio": ImageSignature(n=7, P=5, diagonal_neighbors=False,
-                                                       fix_ratio=True),
+                                                       fix_ratio=True, draft=True),
     "no crop, 3 levels": ImageSignature(crop_percentiles=None, n_levels=3,
                                         identical_tolerance=0.0),
 }
@@ -135,7 +135,7 @@ def test_the_kernel_signs_the_dev_corpus_as_the_reference(name, reference):
 def test_the_kernel_signs_decoded_grey_arrays_as_the_reference(reference):
     # signature_of_grey on decode()'s arrays (windows, orientations, rotations sign those):
     # float32 after a draft decode, float64 exact, uint8 for grey files; views, flips.
-    generator = ImageSignature()
+    generator = ImageSignature(draft=True)
     for path in photos()[:4] + [DATA / "grey.jpg", DATA / "grey.png", DATA / "rgba.png"]:
         for draft in (True, False):
             grey, shape = ImageSignature(draft=draft).decode(path)
@@ -155,7 +155,7 @@ def test_decode_grey_source_makes_the_grey_levels_of_decode_grey():
     for draft in (True, False):
         source, shape = decode_grey_source(PHOTO, draft=draft)
         grey, same_shape = ImageSignature(draft=draft).decode(PHOTO)
-        assert source.rule == ("draft8" if draft else "rgb8") and shape == same_shape
+        assert source.rule == ("ycc8" if draft else "rgb8") and shape == same_shape
         np.testing.assert_array_equal(source.grey(), grey)
 
 
@@ -215,17 +215,17 @@ def test_the_kernel_signs_generated_grey_arrays_as_the_reference(data, dtype, vi
 
 @needs_kernel
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), rule=st.sampled_from(["rgb8", "draft8"]))
+@given(data=st.data(), rule=st.sampled_from(["rgb8", "ycc8", "draft8"]))
 def test_the_kernel_signs_generated_8_bit_pixels_as_the_reference(data, rule):
     # The kernel reads 8-bit pixels (arrays, or PIL images without a copy) and makes the grey
     # levels itself; GreySource.grey() makes them with numpy.
     shape = data.draw(hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40))
-    channels = (3,) if rule == "rgb8" else ()
+    channels = (3,) if rule in ("rgb8", "ycc8") else ()
     pixels = data.draw(hnp.arrays(np.uint8, shape + channels,
                                   elements=st.sampled_from([0, 1, 2, 3, 127, 128, 200, 255])
                                   | st.integers(0, 255)))
     if data.draw(st.booleans()):
-        pixels = Image.fromarray(pixels)
+        pixels = Image.fromarray(pixels, mode="YCbCr" if rule == "ycc8" else None)
     source = GreySource(pixels, rule)
     original = data.draw(original_shapes(np.empty(shape)))
     kwargs = data.draw(parameters)

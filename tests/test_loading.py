@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from image_match.errors import ImageLoadError, ImageMatchError
-from image_match.loading import DRAFT_MIN_SIDE, decode_grey, load_grey
+from image_match.loading import (DRAFT_MIN_SIDE, decode_grey, decode_grey_source, load_grey,
+                                 reduce_for_signature)
 
 from conftest import DATA, PHOTO, jpeg_bytes, png_bytes
 
@@ -164,6 +165,29 @@ def test_draft_decode_reduces_large_images_only():
     assert original == (2 * DRAFT_MIN_SIDE + 4, 4 * DRAFT_MIN_SIDE + 8)
     assert grey.shape == (DRAFT_MIN_SIDE + 2, 2 * DRAFT_MIN_SIDE + 4)
     assert decode_grey(png_bytes(big), draft=False)[0].shape == original
+
+
+def test_draft_decode_reads_a_ycbcr_jpegs_planes_with_1x_weights(photo_rgb):
+    # Without libjpeg's conversion to RGB: the grey levels are 1.x's weights applied to the
+    # YCbCr planes, within the rounding the RGB route adds (8-bit RGB, then 8-bit grey).
+    photo = Image.fromarray(photo_rgb).resize((1024, 683))
+    source, shape = decode_grey_source(jpeg_bytes(photo))
+    assert source.rule == "ycc8" and source.pixels.mode == "YCbCr" and shape == (683, 1024)
+    with Image.open(io.BytesIO(jpeg_bytes(photo))) as image:
+        assert reduce_for_signature(image)  # to RGB, at the same scale
+        rounded = np.asarray(image.convert("L", matrix=(0.2125, 0.7154, 0.0721, 0))) / 255
+    assert np.abs(source.grey() - rounded).max() < 2.5 / 255
+
+
+def test_draft_decode_of_an_rgb_jpeg_converts_it():
+    # An Adobe RGB JPEG (no YCbCr planes): libjpeg refuses to decode it to YCbCr, so the loader
+    # must not ask; it is decoded to RGB, then 8-bit grey.
+    photo = Image.open(PHOTO).resize((800, 600))
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", keep_rgb=True)
+    source, shape = decode_grey_source(buffer.getvalue())
+    assert source.rule == "draft8" and shape == (600, 800)
+    assert source.grey().shape == (150, 200)
 
 
 # --- bad input: an ImageLoadError naming the input, never a numpy/PIL traceback ------------
