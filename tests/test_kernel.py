@@ -54,7 +54,9 @@ def test_the_kernel_is_built_where_there_is_a_c_compiler():
     # but for this (the numpy reference would sign everything, slower).
     if not a_c_compiler():
         pytest.skip("no C compiler: the package signs with the numpy reference")
-    assert kernel.available(), kernel.describe()
+    assert kernel.available(), (
+        f"{kernel.describe()}; a checkout installed before the kernel existed needs "
+        "`pip install -e .` again (scripts/run-tests does it)")
     assert kernel.in_use() == (os.environ.get("IMAGE_MATCH_SIGNATURE_KERNEL", "auto") != "numpy")
 
 
