@@ -30,22 +30,38 @@ Variants
 grey levels are always 0-1, ``P`` comes from the cropped window, and differences are binned against
 the original values. Signatures of different variants must not be compared with each other.
 
-Windows, small rotations and corner crops
------------------------------------------
+Orientations
+------------
+A search, a comparison or a dedupe of images signs their 8 flips and rotations by 90 degrees from
+the pixels of one decode (``ImageSignature.orientations_of_grey``): each is the signature the
+turned file would have. ``signature_variants`` does it by index arithmetic on a signature alone,
+which is exact for the paper variant but not for 1.x's (its crop and integer grid are not
+symmetric: a median 0.07 from the turned pixels' signature, against 0.02 for a mirrored copy
+signed from its pixels), so it serves only where there are no pixels: records already stored,
+deduplicated without their images. In a store with image-match 2's defaults a match through
+another orientation than the image's own counts ``ORIENTATION_MARGIN`` more.
+
+Windows, central crops, small rotations and corner crops
+--------------------------------------------------------
 Crops, bars added around a picture and small rotations move every grid point, so the signature of
 such a copy is far from the original's. Signing *parts* of an image finds them again: ``window_of``
 cuts a fractional window out of a decoded grey array (keeping the original-size semantics of a
 draft decode) and ``rotate_grey`` turns it by a few degrees. A store with ``crop_windows`` keeps
 the signatures of each image's central windows (``CROP_WINDOW_AREAS``) beside its own, so that a
-copy cropped to its centre compares with the window of the same extent; a search with ``frames``
-also signs the query's central frames (``QUERY_FRAMES``: its middle without caption bars, letterbox
-bars or a border), with ``small_rotations`` the query turned back by ``SMALL_ROTATIONS`` degrees,
-and with ``insets`` the rectangles bounded by long straight edges that ``inset_windows`` finds (a
-picture pasted into a larger one), and with ``corner_crops`` the windows where the query, were it
-cropped at a corner, would show the original's stored central window (``corner_crop_windows``).
+copy cropped to its centre compares with the window of the same extent; a search with
+``central_crops`` does the same from the query's side, signing the query on the grid its original
+would have had were the query its central crop keeping ``CENTRAL_CROP_SIDES`` of each side
+(``uncropped_signature``); with ``frames`` it also signs the query's central frames
+(``QUERY_FRAMES``: its middle without caption bars, letterbox bars or a border), with
+``small_rotations`` the query turned back by ``SMALL_ROTATIONS`` degrees (and cut to where the
+original lies when the turn grew the canvas, ``expanded_rotation_box``), and with ``insets`` the
+rectangles bounded by long straight edges that ``inset_windows`` finds (a picture pasted into a
+larger one), and with ``corner_crops`` the windows where the query, were it cropped at a corner,
+would show the original's stored central window (``corner_crop_windows``).
 ``ImageSignature.record_signatures`` and ``query_signatures`` make those sets from one decode,
 ``query_margins`` says what each of a query's signatures adds to a distance (``WINDOW_MARGIN``,
-``QUERY_MARGIN``). The windows, frames, angles and margins were chosen on the dev corpus by
+``QUERY_MARGIN``, ``ORIENTATION_MARGIN``) and ``query_part_names`` what each is. The windows,
+sides, frames, angles and margins were chosen on the tuning share of the dev corpus by
 ``benchmarks/accuracy.py`` (README.rst, "Crops, bars, rotations and insets").
 
 A signature with every value 0 comes from a featureless image (blank, or uniform enough that no
@@ -72,6 +88,12 @@ VARIANTS = ("1.x", "paper")
 #: The central windows a store with ``crop_windows=True`` signs beside each image, by the share of
 #: the area they keep (the side shrinks by its square root, as a crop keeping the aspect ratio).
 CROP_WINDOW_AREAS = (0.5, 0.75)
+#: The share of each side a copy cropped around its centre kept, for which a search with
+#: ``central_crops=True`` signs the query on the grid its original had (``uncropped_signature``):
+#: each finds copies keeping about 5% more or less of each side, so 0.9 finds those keeping 72-90%
+#: of the area (5% cut off each side: 81%), 0.8 those keeping 58-72% (64%); the whole signature
+#: finds those keeping more.
+CENTRAL_CROP_SIDES = (0.9, 0.8)
 #: The central frames a search with ``frames=True`` signs beside the query, as (share of the
 #: height, share of the width): without bars above and below (caption bars, letterbox) of two
 #: heights, and without a border all round.
@@ -93,6 +115,13 @@ CORNER_CROP_SIDE = 0.894
 #: about 0.1 from its window).
 WINDOW_MARGIN = 0.10
 QUERY_MARGIN = 0.07
+#: What a match through another orientation of the query (a flip or a turn by 90, 180 or 270
+#: degrees) adds to its distance in a store with image-match 2's defaults (its
+#: ``orientation_margin``; 1.x's stores add nothing, as 1.x): a mirrored copy is a median 0.02
+#: from its original (at most 0.21 on the dev corpus), and without a margin the 8 orientations
+#: let 8 times as many unrelated pairs below the cutoff as the query alone, the mirror image 3
+#: times; with it, as many.
+ORIENTATION_MARGIN = 0.07
 
 # Neighbour offsets (row, column) in the order 1.x stores them: upper left, up, upper right, left,
 # right, lower left, down, lower right. The 4-neighbour layout keeps up, left, right, down.
@@ -500,6 +529,55 @@ def _scale_window(window, shape, reduced_shape, variant):
     return scaled
 
 
+def uncropped_signature(grey, kept_side, n=9, crop_percentiles=(5, 95), P=None,
+                        diagonal_neighbors=True, identical_tolerance=2 / 255.0, n_levels=2,
+                        fix_ratio=False, variant="1.x", original_shape=None):
+    """The signature ``grey``'s original would have, were ``grey`` its central crop keeping
+    ``kept_side`` of each side: the grid and squares are placed where the original's were.
+
+    The original's crop is taken at ``crop_percentiles`` percent of its size, where 1.x's lands
+    whatever the content (the paper variant's moves with the content: an approximation there).
+    For a copy cropped so, the signature is as close to its original's as a resized copy's is
+    (median 0.07 on the dev corpus), where the copy's own signature is 0.38 away (81% of the area
+    kept) or 0.54 (64%). Grid points the original had outside the copy are moved to its edge:
+    down to a ``kept_side`` of about 0.78 with the defaults, none are.
+
+    Parameters are those of ``signature_from_grey``, and:
+
+    kept_side : float
+        In (0, 1]: the share of its original's height and width the image is assumed to show.
+
+    Returns
+    -------
+    (n * n * 8,) int8 ndarray (``n * n * 4`` without diagonal neighbours)
+    """
+    grey = np.asarray(grey)
+    if grey.ndim != 2 or grey.size == 0:
+        raise InvalidParameterError(f"grey must be a non-empty 2-D array, not shape {grey.shape}")
+    if not isinstance(kept_side, (int, float)) or not 0 < kept_side <= 1:
+        raise InvalidParameterError(f"kept_side={kept_side!r}: must be a number in (0, 1]")
+    _check_variant(variant)
+    shape = grey.shape if original_shape is None else tuple(original_shape)
+    if variant == "paper" and grey.dtype == np.uint8:
+        grey = grey * (1.0 / 255)
+    lower, upper = (0, 100) if crop_percentiles is None else crop_percentiles
+    # The original's window, in this image's pixels: the image is the original's middle.
+    window = tuple((size * (0.5 - (0.5 - lower / 100) / kept_side),
+                    size * (0.5 + (upper / 100 - 0.5) / kept_side)) for size in shape)
+    if fix_ratio:  # 1.x's option: the larger range for both axes
+        window = (max(window, key=lambda limits: limits[1] - limits[0]),) * 2
+    rows, columns = (np.clip(points, 0, size - 1)
+                     for points, size in zip(grid_points(window, n, variant), shape))
+    if variant == "1.x":
+        size = sample_size((shape[0] / kept_side, shape[1] / kept_side), P)
+    else:
+        size = sample_size((window[0][1] - window[0][0], window[1][1] - window[1][0]), P)
+    means = block_means(grey, square_spans(rows, size, shape[0], variant),
+                        square_spans(columns, size, shape[1], variant), shape)
+    differences = neighbour_differences(means, diagonal_neighbors)
+    return quantize_differences(differences, identical_tolerance, n_levels, variant).ravel()
+
+
 def central_window(height_share, width_share=None):
     """The centred window keeping ``height_share`` of the height and ``width_share`` (by default
     the same) of the width, as fractions ``(top, bottom, left, right)`` for ``window_of``."""
@@ -572,6 +650,28 @@ def rotate_grey(grey, degrees):
     return np.clip(turned, min(float(grey.min()), 0.0), float(grey.max()))
 
 
+def expanded_rotation_box(shape, degrees):
+    """Where the picture is in a copy of it turned by ``degrees`` on a canvas grown to hold it
+    whole (image editors' "rotate", the corners filled), once the copy is turned back keeping
+    its size: the centred window of the picture's own size, as fractions for ``window_of``.
+
+    A W x H picture turned by t fills a canvas of (W cos t + H sin t) x (W sin t + H cos t);
+    ``shape`` is the canvas's (H', W'), solved for W and H. None when no picture turned by that
+    much gives a canvas of this shape (one too narrow for the angle, or 45 degrees and more).
+    """
+    height, width = shape
+    if not abs(float(degrees)) < 45:
+        return None
+    turn = math.radians(abs(float(degrees)))
+    cosine, sine = math.cos(turn), math.sin(turn)
+    determinant = cosine * cosine - sine * sine
+    picture_height = (height * cosine - width * sine) / determinant
+    picture_width = (width * cosine - height * sine) / determinant
+    if picture_height <= 0 or picture_width <= 0:
+        return None
+    return central_window(min(picture_height / height, 1.0), min(picture_width / width, 1.0))
+
+
 def corner_crops_hold(area, side=CORNER_CROP_SIDE):
     """True when a copy keeping ``side`` of each side from a corner holds its original's central
     window of ``area`` whole: for areas up to ``(2 * side - 1) ** 2`` (62% at the default)."""
@@ -600,20 +700,52 @@ def corner_crop_windows(area=min(CROP_WINDOW_AREAS), side=CORNER_CROP_SIDE):
     return [(*rows, *columns) for rows in (kept_start, kept_end) for columns in (kept_start, kept_end)]
 
 
+def query_part_names(orientations=False, frames=False, small_rotations=False, insets=False,
+                     corner_crops=False, mirror=False, central_crops=False):
+    """What each row of ``ImageSignature.query_signatures`` (with the same options) is, in its
+    order: the image, its other orientations (``DIHEDRAL_NAMES``; the mirror image alone with
+    ``mirror``), then its parts ("central crop 0.9", "frame 0.74x1", "rotation -5",
+    "rotation -5 expanded", "inset 1", "corner crop 1"...).
+
+    Returns
+    -------
+    list of str
+    """
+    names = ["identity"]
+    if orientations:
+        names += DIHEDRAL_NAMES[1:]
+    elif mirror:
+        names.append(MIRROR_NAME)
+    if central_crops:
+        names += [f"central crop {side:g}" for side in CENTRAL_CROP_SIDES]
+    if frames:
+        names += [f"frame {height:g}x{width:g}" for height, width in QUERY_FRAMES]
+    if small_rotations:
+        names += [f"rotation {angle:g}" for angle in SMALL_ROTATIONS]
+        names += [f"rotation {angle:g} expanded" for angle in SMALL_ROTATIONS]
+    if insets:
+        names += [f"inset {number}" for number in range(1, INSET_WINDOWS + 1)]
+    if corner_crops:
+        names += [f"corner crop {number}" for number in range(1, 5)]
+    return names
+
+
 def query_margins(orientations=False, frames=False, small_rotations=False, insets=False,
-                  corner_crops=False):
+                  corner_crops=False, mirror=False, central_crops=False,
+                  orientation_margin=ORIENTATION_MARGIN):
     """What each row of ``ImageSignature.query_signatures`` (with the same options) adds to its
-    distances: 0 for the image and its orientations, ``QUERY_MARGIN`` for frames, rotations,
-    insets and corner crop windows.
+    distances: 0 for the image, ``orientation_margin`` for its other orientations (or its mirror
+    image), ``QUERY_MARGIN`` for central crops, frames, rotations, insets and corner crop windows.
 
     Returns
     -------
     (Q,) float64 ndarray
     """
-    whole = 8 if orientations else 1
-    parts = ((len(QUERY_FRAMES) if frames else 0) + (len(SMALL_ROTATIONS) if small_rotations else 0)
-             + (INSET_WINDOWS if insets else 0) + (4 if corner_crops else 0))
-    return np.concatenate([np.zeros(whole), np.full(parts, QUERY_MARGIN)])
+    names = query_part_names(orientations, frames, small_rotations, insets, corner_crops, mirror,
+                             central_crops)
+    others = 7 if orientations else 1 if mirror else 0
+    return np.concatenate([np.zeros(1), np.full(others, float(orientation_margin)),
+                           np.full(len(names) - 1 - others, QUERY_MARGIN)])
 
 
 def inset_windows(grey, count=INSET_WINDOWS):
@@ -818,6 +950,8 @@ def _dihedral_transforms():
 
 
 DIHEDRAL_NAMES = tuple(name for name, _ in _dihedral_transforms())
+#: The orientation a search with ``mirror=True`` adds: the mirror image.
+MIRROR_NAME = "flip left-right"
 
 
 def dihedral_permutations(n=9, diagonal_neighbors=True):
@@ -1008,14 +1142,20 @@ class ImageSignature:
         """
         return self.orientations_of_grey(*self.decode(image, bytestream=bytestream))
 
-    def orientations_of_grey(self, grey, original_shape=None):
-        """``orientation_signatures`` of an already decoded grey array: (8, sig_length)."""
-        shape = grey.shape if original_shape is None else original_shape
+    def orientations_of_grey(self, grey, original_shape=None, orientations=None):
+        """``orientation_signatures`` of an already decoded grey array: (8, sig_length), or those
+        of the ``orientations`` given (indices into ``DIHEDRAL_NAMES``)."""
+        shape = grey.shape if original_shape is None else tuple(original_shape)
+        transforms = _dihedral_transforms()
         signatures = []
-        for _, transform in _dihedral_transforms():
+        for index in range(len(transforms)) if orientations is None else orientations:
+            transform = transforms[index][1]
             # The original's size turned the same way (an empty array of that shape, turned).
-            turned_shape = transform(np.empty(tuple(shape) + (0,))).shape[:2]
-            signatures.append(self.signature_of_grey(transform(grey), turned_shape))
+            turned_shape = transform(np.empty(shape + (0,))).shape[:2]
+            # A contiguous copy: the signature's arithmetic on a flipped or transposed view is
+            # slower than the copy.
+            turned = np.ascontiguousarray(transform(grey))
+            signatures.append(self.signature_of_grey(turned, turned_shape))
         return np.stack(signatures)
 
     def windows_of_grey(self, grey, original_shape=None, windows=()):
@@ -1035,11 +1175,31 @@ class ImageSignature:
                       for window in windows]
         return np.stack(signatures) if signatures else np.zeros((0, self.sig_length), np.int8)
 
+    def uncropped_of_grey(self, grey, original_shape=None, sides=CENTRAL_CROP_SIDES):
+        """The signatures a decoded grey array's original would have, were the array its central
+        crop keeping each of ``sides`` of each side (see ``uncropped_signature``):
+        (len(sides), sig_length) int8."""
+        signatures = [uncropped_signature(grey, side, self.n, self.crop_percentiles, self.P,
+                                          self.diagonal_neighbors, self.identical_tolerance,
+                                          self.n_levels, self.fix_ratio, self.variant,
+                                          original_shape) for side in sides]
+        return np.stack(signatures) if signatures else np.zeros((0, self.sig_length), np.int8)
+
     def rotations_of_grey(self, grey, original_shape=None, angles=SMALL_ROTATIONS):
         """The signatures of a decoded grey array turned by each of ``angles`` (degrees,
-        counter-clockwise; see ``rotate_grey``): (len(angles), sig_length) int8."""
-        signatures = [self.signature_of_grey(rotate_grey(grey, angle), original_shape)
-                      for angle in angles]
+        counter-clockwise; see ``rotate_grey``), then of each turned array cut to
+        ``expanded_rotation_box`` (a copy turned on a grown canvas, turned back: the picture
+        without the canvas): (2 * len(angles), sig_length) int8, all zero (featureless, never
+        searched) where no such box exists."""
+        shape = grey.shape if original_shape is None else tuple(original_shape)
+        turned, cut = [], []
+        for angle in angles:
+            array = rotate_grey(grey, angle)
+            turned.append(self.signature_of_grey(array, shape))
+            box = expanded_rotation_box(shape, angle)
+            cut.append(np.zeros(self.sig_length, np.int8) if box is None
+                       else self.signature_of_grey(*window_of(array, box, shape)))
+        signatures = turned + cut
         return np.stack(signatures) if signatures else np.zeros((0, self.sig_length), np.int8)
 
     def record_signatures(self, image, bytestream=False, areas=CROP_WINDOW_AREAS):
@@ -1055,18 +1215,25 @@ class ImageSignature:
                                self.windows_of_grey(grey, shape, crop_windows(areas))])
 
     def query_signatures(self, image, bytestream=False, orientations=False, frames=False,
-                         small_rotations=False, insets=False, corner_crops=False):
+                         small_rotations=False, insets=False, corner_crops=False, mirror=False,
+                         central_crops=False):
         """The signatures a search compares for one image, from one decode.
 
         Parameters
         ----------
         orientations : bool
-            Add the 7 other flips and rotations by 90 degrees (``orientation_signatures``).
+            Add the 7 other flips and rotations by 90 degrees (``orientations_of_grey``).
+        mirror : bool
+            Add the mirror image (left-right flip) alone; implied by ``orientations``.
+        central_crops : bool
+            Add the signatures the image's original would have, were the image its central crop
+            keeping each of ``CENTRAL_CROP_SIDES`` of each side (``uncropped_signature``).
         frames : bool
             Add the central frames ``QUERY_FRAMES``: the picture without bars or a border added
             around it.
         small_rotations : bool
-            Add the image turned by each of ``SMALL_ROTATIONS``.
+            Add the image turned by each of ``SMALL_ROTATIONS``, then each of those cut to the
+            picture a turn on a grown canvas would have held (``rotations_of_grey``).
         insets : bool
             Add the rectangles ``inset_windows`` finds: a picture pasted into this one. Always
             ``INSET_WINDOWS`` rows, all zero (featureless: never searched) for those not found.
@@ -1078,16 +1245,29 @@ class ImageSignature:
         Returns
         -------
         (Q, sig_length) int8 ndarray
-            The signature first, then the orientations (``DIHEDRAL_NAMES`` order), the frames,
-            the rotations, the insets and the corner crop windows asked for: Q = 1 + 7 + 3 + 6 +
-            2 + 4 with everything.
-            ``query_margins`` with the same options gives the margin of each row.
+            The signature first, then the orientations (``DIHEDRAL_NAMES`` order) or the mirror
+            image, the central crops, the frames, the rotations, the insets and the corner crop
+            windows asked for: Q = 1 + 7 + 2 + 3 + 12 + 2 + 4 with everything.
+            ``query_margins`` with the same options gives the margin of each row,
+            ``query_part_names`` its name.
         """
         grey, shape = self.decode(image, bytestream=bytestream)
+        return self.query_signatures_of_grey(grey, shape, orientations, frames, small_rotations,
+                                             insets, corner_crops, mirror, central_crops)
+
+    def query_signatures_of_grey(self, grey, original_shape=None, orientations=False,
+                                 frames=False, small_rotations=False, insets=False,
+                                 corner_crops=False, mirror=False, central_crops=False):
+        """``query_signatures`` of an already decoded grey array."""
+        shape = grey.shape if original_shape is None else tuple(original_shape)
         if orientations:
             parts = [self.orientations_of_grey(grey, shape)]
+        elif mirror:
+            parts = [self.orientations_of_grey(grey, shape, (0, DIHEDRAL_NAMES.index(MIRROR_NAME)))]
         else:
             parts = [self.signature_of_grey(grey, shape)[None]]
+        if central_crops:
+            parts.append(self.uncropped_of_grey(grey, shape))
         if frames:
             parts.append(self.windows_of_grey(grey, shape, [central_window(*frame)
                                                             for frame in QUERY_FRAMES]))

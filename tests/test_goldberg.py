@@ -11,11 +11,12 @@ from PIL import Image
 
 from image_match.errors import ImageLoadError, InvalidParameterError
 from image_match.goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, DIHEDRAL_NAMES,
-                                  QUERY_FRAMES, QUERY_MARGIN, SMALL_ROTATIONS, ImageSignature,
-                                  central_window, corner_crop_windows, crop_window, crop_windows,
-                                  distance_matrix, grid_points, is_featureless, map_signing,
-                                  normalized_distance, percentiles_of_sorted, quantize_differences,
-                                  query_margins, rotate_grey, signature_from_grey,
+                                  ORIENTATION_MARGIN, QUERY_FRAMES, QUERY_MARGIN, SMALL_ROTATIONS,
+                                  ImageSignature, central_window, corner_crop_windows, crop_window,
+                                  crop_windows, distance_matrix, expanded_rotation_box,
+                                  grid_points, is_featureless, map_signing, normalized_distance,
+                                  percentiles_of_sorted, quantize_differences, query_margins,
+                                  query_part_names, rotate_grey, signature_from_grey,
                                   signature_variants, window_of)
 from image_match.loading import load_grey
 
@@ -380,8 +381,39 @@ def test_a_turned_copy_is_found_by_turning_the_query_back(angle):
     copy = jpeg_bytes(rgb().rotate(angle, resample=Image.Resampling.BICUBIC), quality=95)
     assert normalized_distance(generator.generate_signature(copy), stored) > 0.4
     turned = generator.rotations_of_grey(*generator.decode(copy))
-    assert turned.shape == (len(SMALL_ROTATIONS), 648)
-    assert normalized_distance(turned, stored).min() < 0.25
+    assert turned.shape == (2 * len(SMALL_ROTATIONS), 648)  # turned back, then also cut
+    assert normalized_distance(turned[:len(SMALL_ROTATIONS)], stored).min() < 0.25
+
+
+@pytest.mark.parametrize("angle,fill", [(10, "black"), (-10, "white"), (15, "black")])
+def test_a_copy_turned_on_a_grown_canvas_is_found_by_turning_back_and_cutting(angle, fill):
+    # Image editors' "rotate": the canvas grows to hold the whole picture, the corners filled.
+    generator = ImageSignature()
+    stored = generator.generate_signature(PHOTO)
+    copy = jpeg_bytes(rgb().rotate(angle, resample=Image.Resampling.BICUBIC, expand=True,
+                                   fillcolor=fill), quality=95)
+    turned = generator.rotations_of_grey(*generator.decode(copy))
+    rotations = len(SMALL_ROTATIONS)
+    # Turned back keeping the grown size, the picture sits in a frame: not found that way.
+    assert normalized_distance(turned[:rotations], stored).min() > 0.3
+    cut = normalized_distance(turned[rotations:], stored)
+    undone = SMALL_ROTATIONS.index(-angle)
+    assert cut[undone] < 0.2 and cut.min() == cut[undone]
+
+
+def test_expanded_rotation_box_undoes_the_canvas_growth():
+    import math
+
+    for height, width, degrees in ((300, 400, 10), (400, 300, -15), (500, 500, 5)):
+        turn = math.radians(abs(degrees))
+        canvas = (width * math.sin(turn) + height * math.cos(turn),
+                  width * math.cos(turn) + height * math.sin(turn))
+        top, bottom, left, right = expanded_rotation_box(canvas, degrees)
+        assert (bottom - top) * canvas[0] == pytest.approx(height)
+        assert (right - left) * canvas[1] == pytest.approx(width)
+    assert expanded_rotation_box((300, 400), 0) == (0.0, 1.0, 0.0, 1.0)
+    assert expanded_rotation_box((1000, 100), 15) is None  # no picture turned by 15 gives it
+    assert expanded_rotation_box((300, 300), 45) is None
 
 
 def test_a_captioned_copy_is_found_by_a_frame():
@@ -404,19 +436,26 @@ def test_query_signatures_from_one_decode_and_their_margins():
     everything = generator.query_signatures(PHOTO, orientations=True, frames=True,
                                             small_rotations=True)
     frames = len(QUERY_FRAMES)
-    assert everything.shape == (8 + frames + len(SMALL_ROTATIONS), 648)
+    assert everything.shape == (8 + frames + 2 * len(SMALL_ROTATIONS), 648)
     np.testing.assert_array_equal(everything[:8], generator.orientation_signatures(PHOTO))
     np.testing.assert_array_equal(
         everything[8:8 + frames],
         generator.windows_of_grey(grey, shape, [central_window(*f) for f in QUERY_FRAMES]))
     np.testing.assert_array_equal(everything[8 + frames:], generator.rotations_of_grey(grey, shape))
     for options in ({}, {"frames": True}, {"small_rotations": True}, {"orientations": True},
-                    {"corner_crops": True},
+                    {"corner_crops": True}, {"mirror": True}, {"central_crops": True},
+                    {"mirror": True, "central_crops": True, "insets": True},
                     {"orientations": True, "frames": True, "small_rotations": True}):
         margins = query_margins(**options)
-        assert margins.shape == (len(generator.query_signatures(PHOTO, **options)),)
-        whole = 8 if options.get("orientations") else 1
-        assert not margins[:whole].any() and np.all(margins[whole:] == QUERY_MARGIN)
+        signed = generator.query_signatures(PHOTO, **options)
+        assert margins.shape == (len(signed),) == (len(query_part_names(**options)),)
+        turned = 7 if options.get("orientations") else 1 if options.get("mirror") else 0
+        assert margins[0] == 0 and np.all(margins[1:1 + turned] == ORIENTATION_MARGIN)
+        assert np.all(margins[1 + turned:] == QUERY_MARGIN)
+    # The mirror image alone is the orientations' left-right flip.
+    mirrored = generator.query_signatures(PHOTO, mirror=True)
+    np.testing.assert_array_equal(mirrored,
+                                  everything[[0, DIHEDRAL_NAMES.index("flip left-right")]])
 
 
 def test_corner_crop_windows_show_the_originals_central_window():
