@@ -18,8 +18,8 @@ from . import __version__, kernel
 from .cli_common import (EXIT_FAILURE, EXIT_USAGE, Context, Group, json_line,  # noqa: F401
                          output_options)
 from .errors import ImageMatchError
-from .goldberg import (DIHEDRAL_NAMES, VARIANTS, ImageSignature, is_featureless, normalized_distance,
-                       signature_variants)
+from .goldberg import (DIHEDRAL_NAMES, VARIANTS, ImageSignature, distance_matrix, is_featureless,
+                       query_margins, query_part_names)
 from .signature_database_base import DEFAULT_CUTOFF
 from .words import make_words
 
@@ -102,29 +102,48 @@ def signature(state, images, show_words, as_json, variant, exact):
 @click.option("--cutoff", type=click.FloatRange(0, 1), default=DEFAULT_CUTOFF, show_default=True,
               help="Distances below it are the same picture.")
 @click.option("--all-orientations", is_flag=True,
-              help="Also compare with FIRST's 8 flips and rotations; keep the closest.")
+              help="Also compare the images' 8 flips and turns by 90 degrees.")
+@click.option("--mirror/--no-mirror", default=True, show_default=True,
+              help="Also compare the mirror images, as a search does by default.")
+@click.option("--central-crops/--no-central-crops", default=True, show_default=True,
+              help="Also compare each image as a light central crop of the other (5-10% cut off "
+                   "each side), as a search does by default.")
 @output_options
 @signature_options
 @click.pass_obj
-def compare(state, first, second, cutoff, all_orientations, as_json, variant, exact):
+def compare(state, first, second, cutoff, all_orientations, mirror, central_crops, as_json,
+            variant, exact):
     """Print the distance between two images and whether it is the same picture.
 
-    The distance is 0 for identical signatures and 1 for unrelated or featureless images.
+    The distance is 0 for identical signatures and 1 for unrelated or featureless images. It is
+    the distance dedupe groups them at: the nearer of the distances a search of either image
+    finds the other at (--json gives both, "searching": {"first", "second"}), each the smallest
+    over the searched image's signature, mirror image and central crops against the other's
+    signature, a match through a mirror image or a crop counting 0.07 more.
     """
     generator = make_generator(variant, exact)
-    a = generator.generate_signature(first)
-    b = generator.generate_signature(second)
-    candidates = signature_variants(a) if all_orientations else a[None]
-    distances = normalized_distance(candidates, b)
-    best = int(np.argmin(distances))
-    distance = float(distances[best])
+    options = {"orientations": all_orientations, "mirror": mirror, "central_crops": central_crops}
+    margins, names = query_margins(**options), query_part_names(**options)
+    signed = [generator.query_signatures(image, **options) for image in (first, second)]
+    # Both ways, as dedupe links a pair: each image's signatures against the other's own.
+    distances = np.minimum(np.stack([distance_matrix(signed[1], signed[0][:1])[:, 0],
+                                     distance_matrix(signed[0], signed[1][:1])[:, 0]]) + margins,
+                           1.0)
+    query, best = np.unravel_index(int(np.argmin(distances)), distances.shape)
+    distance = float(distances[query, best])
     match = distance < cutoff
+    via = names[best]
     if as_json:
         json_line({"first": first, "second": second, "distance": distance, "cutoff": cutoff,
-                   "match": match, **({"orientation": DIHEDRAL_NAMES[best]} if all_orientations else {})})
+                   "match": match, "via": f"{via} of {('second', 'first')[query]}" if best else via,
+                   "searching": {"first": float(distances[1].min()),
+                                 "second": float(distances[0].min())},
+                   **({"orientation": via if via in DIHEDRAL_NAMES else "identity"}
+                      if all_orientations else {})})
     else:
         verdict = "same picture" if match else "different pictures"
-        click.echo(f"{distance:.4f}\t{verdict} (cutoff {cutoff})")
+        how = f", via the {via} of {(second, first)[query]}" if best and match else ""
+        click.echo(f"{distance:.4f}\t{verdict} (cutoff {cutoff}{how})")
 
 
 # --- the commands on a store ----------------------------------------------------------------------

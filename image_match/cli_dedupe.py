@@ -10,7 +10,6 @@ is moved or deleted without a line of the report saying so.
 """
 
 import csv
-import functools
 import os
 import shutil
 import sys
@@ -21,11 +20,10 @@ import click
 import numpy as np
 
 from .cli_common import (EXIT_FAILURE, can_ask, db_option, expand_paths, human_bytes, is_url,
-                         json_line, open_store, output_options, progress, query_options,
-                         usage_error, workers_option)
+                         json_line, open_store, output_options, query_options, usage_error,
+                         workers_option)
 from .cli_store import add_files, store_path
-from .errors import ImageLoadError, ImageMatchError
-from .goldberg import map_signing, query_margins
+from .errors import ImageLoadError
 from .signature_database_base import DEFAULT_CUTOFF
 
 # The store's 0.40, not image-match 1.x's 0.45: a folder of N images is N*N/2 pairs, and at 0.45
@@ -51,12 +49,16 @@ _EXIF_ORIENTATION = 274
 @click.option("--cutoff", type=click.FloatRange(0, 1), default=DEFAULT_CUTOFF, show_default=True,
               help="Images closer than this are the same picture (not 1.x's 0.45: a folder makes "
                    "many pairs).")
-@click.option("--all-orientations", is_flag=True,
-              help="Also group flipped and rotated copies (8 searches per image).")
+@click.option("--all-orientations/--no-orientations", default=True, show_default=True,
+              help="Group mirrored copies and copies turned by 90, 180 or 270 degrees too (each "
+                   "image is also searched in its 7 other orientations).")
 @click.option("--crop-windows", is_flag=True,
               help="Also group central crops (down to half the picture) with their originals: "
                    "the temporary store keeps each image's central windows. With --db, the store "
                    "must have been made with them (init --crop-windows).")
+@click.option("--central-crops/--no-central-crops", default=None,
+              help="Group copies cropped around their centre to 58-90% of the area with their "
+                   "originals (default: on with DIRs; a store keeps no images to sign them from).")
 @query_options
 @click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]),
               default="table", show_default=True, help="How groups are printed (--json: json).")
@@ -68,8 +70,8 @@ _EXIF_ORIENTATION = 274
 @output_options
 @click.pass_obj
 def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientations, crop_windows,
-           frames, small_rotations, insets, corner_crops, robust, output_format, in_store, workers,
-           db_url, as_json):
+           central_crops, frames, small_rotations, insets, corner_crops, robust, output_format,
+           in_store, workers, db_url, as_json):
     """Find groups of near-duplicate images, keep one of each, report (or move, or delete) the others.
 
     DIR is a folder (searched recursively; hidden files skipped), an image file or a glob. With
@@ -83,16 +85,19 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
     the kept member and "action" one of keep, duplicate (report only), moved, deleted, skipped,
     failed. Exits 1 when an image could not be read or a file could not be moved or deleted.
 
-    --frames, --small-rotations, --insets, --corner-crops and --robust sign parts or turned copies
-    of each image too (a second decode of every image), so they need DIRs: a store keeps no images.
+    Mirrored and turned copies are grouped by default (--no-orientations: not), and with DIRs
+    light central crops (--no-central-crops: not). --central-crops, --frames, --small-rotations,
+    --insets, --corner-crops and --robust sign parts or turned copies of each image too (from the
+    same decode), so they need DIRs: a store keeps no images.
     """
     if move_to and delete_files:
         usage_error("dedupe takes --move DEST or --delete, not both")
-    query = {"frames": frames, "small_rotations": small_rotations, "insets": insets,
+    query = {"central_crops": bool(dirs) if central_crops is None else central_crops,
+             "frames": frames, "small_rotations": small_rotations, "insets": insets,
              "corner_crops": corner_crops, "robust": robust}
     if any(query.values()) and not dirs:
-        usage_error("--frames, --small-rotations, --insets, --corner-crops and --robust need DIRs "
-                    "(a store keeps no images to sign them from)")
+        usage_error("--central-crops, --frames, --small-rotations, --insets, --corner-crops and "
+                    "--robust need DIRs (a store keeps no images to sign them from)")
     store_options = {"crop_windows": True} if crop_windows else {}
     if delete_files and not yes and not can_ask():
         usage_error("dedupe --delete needs --yes when it cannot ask (no terminal)")
@@ -129,13 +134,18 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
             paths = [path for path, _ in found]
             roots = dict(found)
         try:
-            options = db.query_options(**query)  # refused before any work, not after
-            outcomes = add_files(state, db, paths, workers=workers, label="signing")
+            # Refused before any work, not after. The orientations are signed from the pixels
+            # too, as a search of the image would sign them.
+            options = db.query_options(all_orientations=all_orientations, mirror=False, **query)
+            signed = {}
+            wanted = all_orientations or any(query.values())
+            outcomes = add_files(state, db, paths, workers=workers, label="signing",
+                                 query_options=options if wanted else None, queries=signed)
             unreadable = [error for _, _, status, error in outcomes if status == "failed"]
             for error in unreadable:
                 click.echo(f"skipped: {error}", err=True)
-            queries = (_query_signatures(state, db, outcomes, options, workers)
-                       if any(query.values()) else None)
+            margins = db.query_margins(options)[1:]
+            queries = {record_id: (signatures, margins) for record_id, signatures in signed.items()}
             groups = _find_groups(db, cutoff, all_orientations, queries)
             if in_store:
                 added = {record_id for _, record_id, status, _ in outcomes if record_id}
@@ -152,25 +162,6 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
 
 
 # --- finding the groups -------------------------------------------------------------------------
-
-def _query_signatures(state, db, outcomes, options, workers):
-    """``{record id: (signatures, margins)}``: the frames, turned copies, insets and corner crop
-    windows of each added image (without its whole signature, which the store holds), for
-    ``find_duplicates``."""
-    added = [(path, record_id) for path, record_id, status, _ in outcomes if record_id]
-    if workers is None and len(added) < 32:
-        workers = 1
-    signer = functools.partial(db.gis.query_signatures, **options)
-    margins = query_margins(**options)[1:]
-    queries = {}
-    with progress(state, len(added), "signing parts") as bar:
-        for (path, record_id), signatures in zip(added, map_signing(signer, [p for p, _ in added],
-                                                                    workers)):
-            bar.update(1)
-            if not isinstance(signatures, ImageMatchError):  # read once already: rare
-                queries[record_id] = (signatures[1:], margins)
-    return queries
-
 
 def _find_groups(db, cutoff, all_orientations, queries=None):
     """Groups as lists of ``{"id", "path", "metadata", "signature", "timestamp"}``."""

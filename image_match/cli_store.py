@@ -32,11 +32,14 @@ def _existing_ids(db, ids):
     return set(db.get_many(ids))
 
 
-def add_files(state, db, paths, metadata=None, id_from="path", workers=None, label="adding"):
+def add_files(state, db, paths, metadata=None, id_from="path", workers=None, label="adding",
+              query_options=None, queries=None):
     """Sign ``paths`` (stored as given) and add them to ``db`` in batches, with a progress bar.
 
     Returns ``[(path, id or None, status, error or None)]`` in order; status is ``added``,
-    ``replaced`` (a record with that id existed) or ``failed``.
+    ``replaced`` (a record with that id existed) or ``failed``. With ``query_options``, the
+    signatures a search of each image adds to its own are signed from the same decode and put
+    into ``queries`` as ``{record id: signatures}`` (``db.sign``).
     """
     if workers is None and len(paths) < 32:
         workers = 1  # a process pool costs more than a few images
@@ -53,14 +56,16 @@ def add_files(state, db, paths, metadata=None, id_from="path", workers=None, lab
                 replaced = result in existing or result in seen
                 seen.add(result)
                 outcomes[index] = (path, result, "replaced" if replaced else "added", None)
+                if queries is not None and index in signed_queries:
+                    queries[result] = signed_queries.pop(index)
         ready.clear()
 
-    fetched = {}
+    fetched, signed_queries = {}, {}
     signer_inputs = (_content_input(path, index, fetched) if id_from == "content" and is_url(path)
                      else path for index, path in enumerate(paths))
     with progress(state, len(paths), label) as bar:
         # The signature, and the crop windows' in a store that keeps them.
-        signed = db.sign_many(signer_inputs, workers=workers)
+        signed = db.sign_many(signer_inputs, workers=workers, query_options=query_options)
         for index, (path, fields) in enumerate(zip(paths, signed)):
             outcomes.append(None)
             bar.update(1)
@@ -74,6 +79,8 @@ def add_files(state, db, paths, metadata=None, id_from="path", workers=None, lab
             except ImageMatchError as error:
                 outcomes[index] = (path, None, "failed", str(error))
                 continue
+            if "query" in fields:
+                signed_queries[index] = fields.pop("query")
             ready.append((index, {"path": path, **fields, "metadata": metadata,
                                   "id": record_id}))
             if len(ready) >= BATCH_SIZE:
@@ -171,7 +178,13 @@ def add(state, paths, metadata, id_from, workers, db_url, as_json):
               help="Matches are closer than this (default: the store's; 0.40 in a store "
                    "image-match 2 made, 0.45 in one image-match 1.x made).")
 @click.option("--all-orientations", is_flag=True,
-              help="Also find flipped and rotated copies.")
+              help="Also find flipped and rotated copies (by 90, 180 and 270 degrees).")
+@click.option("--mirror/--no-mirror", default=None,
+              help="Also find mirror images (default: the store's; on in a store image-match 2 "
+                   "made).")
+@click.option("--central-crops/--no-central-crops", default=None,
+              help="Also find copies cropped around their centre to 58-90% of the area (default: "
+                   "the store's; on in a store image-match 2 made).")
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Only records whose metadata KEY has this value (repeatable; the same KEY twice "
                    "accepts either value). VALUE is read as --metadata reads it.")
@@ -180,21 +193,23 @@ def add(state, paths, metadata, id_from, workers, db_url, as_json):
 @db_option
 @output_options
 @click.pass_obj
-def search(state, images, top, cutoff, all_orientations, filters, frames, small_rotations, insets,
-           corner_crops, robust, workers, db_url, as_json):
+def search(state, images, top, cutoff, all_orientations, mirror, central_crops, filters, frames,
+           small_rotations, insets, corner_crops, robust, workers, db_url, as_json):
     """The stored copies of each IMAGE (a path or an http(s) URL), closest first.
 
     Prints a table, or with --json one object per image: {"image", "matches": [{"id", "path",
     "dist", "score", "metadata"}]} or {"image", "error"}. Exits 1 when an image could not be read
-    (the others are still searched); finding nothing is not an error. Central crops are found in
-    a store made with 'init --crop-windows', whatever the options.
+    (the others are still searched); finding nothing is not an error. Mirror images and light
+    central crops are found by default; crops to half the picture in a store made with 'init
+    --crop-windows', whatever the options.
     """
     pre_filter = parse_filter(filters)
     db = open_store(db_url)
     results = db.search_images(images, all_orientations=all_orientations, pre_filter=pre_filter,
                                size=max(db.size, top), distance_cutoff=cutoff, frames=frames,
                                small_rotations=small_rotations, insets=insets,
-                               corner_crops=corner_crops, robust=robust, workers=workers)
+                               corner_crops=corner_crops, robust=robust, mirror=mirror,
+                               central_crops=central_crops, workers=workers)
     failed = 0
     for image, matches in zip(images, results):
         if isinstance(matches, ImageMatchError):

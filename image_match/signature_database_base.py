@@ -28,24 +28,34 @@ and through it the CLI, ingestion and the service) give a NEW store its better d
 explicitly, from ``drivers.NEW_STORE_DEFAULTS`` (``new_store_defaults=``).
 
 A store records its parameters when it is created - the signature's (variant, grid, draft
-decoding), its words (k, N), crop windows, cutoff and id scheme - and adopts them whenever it is
-opened again, whoever opens it, so that it is always queried the way its records were signed.
-Given explicitly, a parameter that decides what is stored (the signature's, words, crop windows)
-must equal the recorded one (else ``InvalidParameterError``: signatures made otherwise do not
-compare); the cutoff and the id scheme, which decide only how a search or an add behaves, may be
-overridden for this handle (and ``search_image(distance_cutoff=...)`` for one call). A store of
+decoding), its words (k, N), crop windows, cutoff, id scheme and search defaults - and adopts
+them whenever it is opened again, whoever opens it, so that it is always queried the way its
+records were signed. Given explicitly, a parameter that decides what is stored (the signature's,
+words, crop windows) must equal the recorded one (else ``InvalidParameterError``: signatures made
+otherwise do not compare); the cutoff, the id scheme and the search defaults, which decide only
+how a search or an add behaves, may be overridden for this handle (and ``search_image``'s
+options for one call). A store of
 image-match 1.x's documents recorded nothing: it has 1.x's parameters, full-scale decoding
 included.
 
-Crops, bars, rotations and insets. A store created with ``crop_windows=True`` keeps, beside each
-image's signature, the signatures of its central windows (``goldberg.CROP_WINDOW_AREAS``: the
-middle 50% and 75% of the area) and indexes their words too, so that a copy cropped to its centre
-is found (about 2.6 times the index). A search may add signatures of the query: ``frames=True``
-its central frames (copies with caption bars, letterbox bars or a border added),
-``small_rotations=True`` the query turned by 5, 10 and 15 degrees each way (copies turned by up to
-about 15 degrees), ``insets=True`` the rectangles bounded by long straight edges in it (a copy
-pasted into a larger picture), and in a store with crop windows ``corner_crops=True`` the query's
-windows that would show the original's central window were the query cropped at a corner;
+Mirror images, crops, bars, rotations and insets. A search may add signatures of the query:
+``all_orientations=True`` its 7 other flips and turns by 90 degrees, ``mirror=True`` its mirror
+image alone (``goldberg.signature_variants``: index arithmetic, the same in every search,
+comparison and dedupe), ``central_crops=True`` the signatures its original would have were it a
+light central crop of it (``goldberg.uncropped_signature``: copies keeping 58-90% of the area).
+``mirror`` and ``central_crops`` are a store's parameters too (``search_defaults``): image-match
+2's entry points give a new store both (``drivers.NEW_STORE_DEFAULTS``), so a plain
+``search_image`` finds mirror images and light crops, for 3 more query signatures; a store
+constructed directly searches as 1.x did. A store created with ``crop_windows=True`` keeps,
+beside each image's signature, the signatures of its central windows
+(``goldberg.CROP_WINDOW_AREAS``: the middle 50% and 75% of the area) and indexes their words too,
+so that a copy cropped to its centre is found down to half the area (about 2.6 times the index).
+``frames=True`` adds its central frames (copies with caption bars, letterbox bars or a border
+added), ``small_rotations=True`` the query turned by 5, 10 and 15 degrees each way (copies turned
+by up to about 15 degrees, keeping their size or on a grown canvas), ``insets=True`` the
+rectangles bounded by long straight edges in it (a copy pasted into a larger picture), and in a
+store with crop windows ``corner_crops=True`` the query's windows that would show the original's
+central window were the query cropped at a corner;
 ``robust=True`` turns on all that the store allows. A record's distance to a query
 is the smallest over the query's signatures and the record's, a match through a part of a picture
 counting with a margin; the engine is still asked once per search. benchmarks/accuracy.py
@@ -63,16 +73,15 @@ import reprlib
 import uuid
 import warnings
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime, timezone
 from operator import itemgetter
 
 import numpy as np
 
 from .errors import DatabaseError, ImageMatchError, InvalidParameterError, RecordNotFoundError
-from .goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, WINDOW_MARGIN, ImageSignature,
-                       corner_crops_hold, distance_matrix, is_featureless, map_signing, query_margins,
-                       signature_variants)
+from .goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, ORIENTATION_MARGIN, WINDOW_MARGIN,
+                       ImageSignature, corner_crops_hold, crop_windows, distance_matrix,
+                       is_featureless, map_signing, query_margins, signature_variants)
 from .goldberg import normalized_distance as _normalized_distance
 from .loading import describe
 from .records import Record, check_metadata, default_id, normalize_filter, now
@@ -89,13 +98,26 @@ DEFAULT_CUTOFF = 0.40
 #: "path" (``records.default_id(path)``: adding a path again replaces its record).
 ID_SCHEMES = ("new", "path")
 CONFIG_FORMAT = 3
+#: What image-match 2's searches add to a query when not told (a store's ``search_defaults``,
+#: recorded with it): its mirror image, and the grids its original would have were it a light
+#: central crop. On the dev corpus they find 100% of mirror images and of crops keeping 81% and
+#: 64% of the area (58% and 10% without), leave as many unrelated pairs below the cutoff, and
+#: cost 3 more query signatures (README.rst, "Crops, bars, rotations and insets").
+SEARCH_DEFAULTS = {"mirror": True, "central_crops": True}
+#: image-match 1.x's: the query alone.
+SEARCH_DEFAULTS_1X = {"mirror": False, "central_crops": False}
 
 # ImageSignature's parameters in its positional order; all but draft decide what a signature is,
 # and draft decides which pixels it is computed from: a store records and pins them all.
 _SIGNATURE_KEYS = ("n", "crop_percentiles", "P", "diagonal_neighbors", "identical_tolerance",
                    "n_levels", "fix_ratio", "variant", "draft")
-# What a store made before configuration format 3 did not record, as image-match 2 had them then.
-_UNRECORDED = {"draft": True, "distance_cutoff": DEFAULT_CUTOFF, "ids": "path"}
+# What a store made before configuration format 3 did not record, as image-match 2 had them then;
+# and its search defaults, which image-match 2 recorded later: its own (they need nothing stored).
+_UNRECORDED = {"draft": True, "distance_cutoff": DEFAULT_CUTOFF, "ids": "path",
+               "search_defaults": SEARCH_DEFAULTS, "orientation_margin": ORIENTATION_MARGIN}
+# The parameters that decide only how this handle searches or adds: given explicitly, they hold
+# for it whatever the store recorded.
+_PER_HANDLE = ("distance_cutoff", "ids", "search_defaults", "orientation_margin")
 
 
 class SignatureDatabaseBase:
@@ -128,6 +150,16 @@ class SignatureDatabaseBase:
     ids : {"new", "path"} or None
         How ``add_image`` names a record given no ``id`` (``ID_SCHEMES``). None: the store's; for a
         new store "new", a new record each time, as 1.x.
+    search_defaults : dict or None
+        What ``search_image`` adds to a query when not told: ``{"mirror": bool, "central_crops":
+        bool}``. None: the store's; for a new store ``SEARCH_DEFAULTS_1X``, the query alone, as
+        1.x (image-match 2's entry points give ``SEARCH_DEFAULTS``, both on). Given for an
+        existing store, it holds for this handle, as the cutoff does.
+    orientation_margin : float or None
+        What a match through another orientation of a query (its mirror image, a flip or a turn)
+        adds to its distance. None: the store's; for a new store 0, as 1.x (image-match 2's entry
+        points give ``goldberg.ORIENTATION_MARGIN``, 0.07, which keeps the share of unrelated
+        pairs below the cutoff where it is without orientations). Per handle, as the cutoff.
     new_store_defaults : dict, optional
         Keyword arguments of this constructor used, for those not given, if the store does not
         exist yet and is created now; ignored for an existing store (``open_database`` passes
@@ -138,8 +170,8 @@ class SignatureDatabaseBase:
     """
 
     def __init__(self, k=16, N=63, n_grid=9, crop_percentile=(5, 95), distance_cutoff=None,
-                 *signature_args, size=100, crop_windows=None, ids=None, new_store_defaults=None,
-                 **signature_kwargs):
+                 *signature_args, size=100, crop_windows=None, ids=None, search_defaults=None,
+                 orientation_margin=None, new_store_defaults=None, **signature_kwargs):
         if len(signature_args) > len(_SIGNATURE_KEYS) - 2:
             raise InvalidParameterError(
                 f"{len(signature_args)} positional ImageSignature parameters given after "
@@ -152,7 +184,8 @@ class SignatureDatabaseBase:
             ("k", k, 16), ("N", N, 63), ("n_grid", n_grid, 9),
             ("crop_percentile", crop_percentile, (5, 95))) if value != default)
         given.update((name, value) for name, value in (
-            ("distance_cutoff", distance_cutoff), ("crop_windows", crop_windows), ("ids", ids))
+            ("distance_cutoff", distance_cutoff), ("crop_windows", crop_windows), ("ids", ids),
+            ("search_defaults", search_defaults), ("orientation_margin", orientation_margin))
             if value is not None)
         if new_store_defaults is not None and not isinstance(new_store_defaults, Mapping):
             raise InvalidParameterError(
@@ -181,6 +214,9 @@ class SignatureDatabaseBase:
         self.distance_cutoff = _check_cutoff(parameters.pop("distance_cutoff", CUTOFF_1X))
         self.crop_windows = _check_crop_windows(parameters.pop("crop_windows", None))
         self.ids = _check_ids(parameters.pop("ids", "new"))
+        self.search_defaults = _check_search_defaults(
+            parameters.pop("search_defaults", SEARCH_DEFAULTS_1X))
+        self.orientation_margin = _check_margin(parameters.pop("orientation_margin", 0.0))
         # n and crop_percentiles are the store's n_grid and crop_percentile.
         unknown = sorted(set(parameters) - set(_SIGNATURE_KEYS[2:]))
         if unknown:
@@ -199,6 +235,8 @@ class SignatureDatabaseBase:
             "crop_windows": list(self.crop_windows),
             "distance_cutoff": self.distance_cutoff,
             "ids": self.ids,
+            "search_defaults": dict(self.search_defaults),
+            "orientation_margin": self.orientation_margin,
         }
 
     def _open(self, create=True):
@@ -245,8 +283,10 @@ class SignatureDatabaseBase:
         parameters = {"k": stored["k"], "N": stored["N"], "n_grid": signature.pop("n"),
                       "crop_percentile": _tuple_or_none(signature.pop("crop_percentiles")),
                       "crop_windows": list(stored_windows) or None, **signature,
-                      "distance_cutoff": stored["distance_cutoff"], "ids": stored["ids"]}
-        parameters.update((key, given[key]) for key in ("distance_cutoff", "ids") if key in given)
+                      "distance_cutoff": stored["distance_cutoff"], "ids": stored["ids"],
+                      "search_defaults": stored["search_defaults"],
+                      "orientation_margin": stored["orientation_margin"]}
+        parameters.update((key, given[key]) for key in _PER_HANDLE if key in given)
         self._configure(parameters)
 
     @property
@@ -430,25 +470,32 @@ class SignatureDatabaseBase:
         levels = self.gis.n_levels
         return f"{path}: {what} must be whole numbers in -{levels}..{levels} of shape {shape}"
 
-    def sign(self, image, bytestream=False):
+    def sign(self, image, bytestream=False, query_options=None):
         """What this store keeps of an image, from one decode: ``{"signature"}``, and
         ``"windows"`` (the signatures of its central windows) in a store with crop windows.
         The dict goes into an ``add_signatures`` item as it is.
 
+        ``query_options`` (``query_options()``' dict): also ``"query"``, the signatures a search
+        of the image adds to its own (``ImageSignature.query_signatures`` after its first row),
+        from the same decode; ``find_duplicates(queries=...)`` takes them.
+
         Raises ImageLoadError when the image cannot be read.
         """
-        return _store_fields(self.gis, self.crop_windows, image, bytestream)
+        return _store_fields(self.gis, self.crop_windows, image, bytestream, query_options)
 
-    def sign_many(self, images, workers=None, chunksize=16):
+    def sign_many(self, images, workers=None, chunksize=16, query_options=None):
         """``sign`` for many images on ``workers`` processes (None: every core), yielding per
         image its dict or its ImageMatchError, in order."""
-        return map_signing(functools.partial(_store_fields, self.gis, self.crop_windows), images,
+        return map_signing(functools.partial(_store_fields, self.gis, self.crop_windows,
+                                             query_options=query_options), images,
                            workers, chunksize)
 
     def query_options(self, all_orientations=False, frames=False, small_rotations=False,
-                      insets=False, corner_crops=False, robust=False):
+                      insets=False, corner_crops=False, robust=False, mirror=None,
+                      central_crops=None):
         """``ImageSignature.query_signatures``' options for a search's (``robust``: frames,
-        small rotations, insets and, in a store whose crop windows allow them, corner crops).
+        small rotations, insets and, in a store whose crop windows allow them, corner crops;
+        ``mirror`` and ``central_crops`` None: the store's ``search_defaults``).
 
         Raises InvalidParameterError for ``corner_crops`` in a store without a crop window they
         can show (one of at most 62% of the area, as ``crop_windows=True``'s 50%).
@@ -460,9 +507,19 @@ class SignatureDatabaseBase:
             raise InvalidParameterError(
                 f"{self.location}: corner_crops needs a store made with crop windows (of at most "
                 f"{largest:.0%} of the area; this one has {list(self.crop_windows) or 'none'})")
-        return {"orientations": bool(all_orientations), "frames": bool(frames or robust),
+        defaults = self.search_defaults
+        return {"orientations": bool(all_orientations),
+                "mirror": bool(defaults["mirror"] if mirror is None else mirror),
+                "central_crops": bool(defaults["central_crops"] if central_crops is None
+                                      else central_crops),
+                "frames": bool(frames or robust),
                 "small_rotations": bool(small_rotations or robust), "insets": bool(insets or robust),
                 "corner_crops": area if usable and (corner_crops or robust) else False}
+
+    def query_margins(self, options):
+        """What each row of ``ImageSignature.query_signatures(**options)`` adds to its distances
+        in this store (``goldberg.query_margins`` with its ``orientation_margin``)."""
+        return query_margins(**options, orientation_margin=self.orientation_margin)
 
     def refresh(self):
         """Make what was added searchable now (engines refresh periodically on their own)."""
@@ -471,7 +528,8 @@ class SignatureDatabaseBase:
 
     def search_image(self, path, all_orientations=False, bytestream=False, pre_filter=None,
                      size=None, distance_cutoff=None, frames=False, small_rotations=False,
-                     insets=False, corner_crops=False, robust=False):
+                     insets=False, corner_crops=False, robust=False, mirror=None,
+                     central_crops=None):
         """The stored images that are the same picture as ``path``.
 
         Parameters
@@ -479,8 +537,18 @@ class SignatureDatabaseBase:
         path
             The query: anything ``ImageSignature.generate_signature`` takes.
         all_orientations : bool
-            Also find flipped and rotated (by 90, 180, 270 degrees) copies: the 8 orientations of
-            the query are signed from one decode and searched in one round trip.
+            Also find flipped and rotated (by 90, 180, 270 degrees) copies: the 7 other
+            orientations of the query's signature (``goldberg.signature_variants``) are searched
+            in the same round trip, a match through one counting ``goldberg.ORIENTATION_MARGIN``
+            (0.05) more.
+        mirror : bool or None
+            Also find mirror images (flipped left to right), as ``all_orientations`` does, with
+            one more query signature. None: the store's default (``search_defaults``; on in a
+            store image-match 2 made).
+        central_crops : bool or None
+            Also find copies cropped around their centre to 58-90% of the area (5 or 10% cut off
+            each side): the query is signed on the grids its original would have had
+            (``goldberg.uncropped_signature``, 2 more signatures). None: the store's default.
         bytestream : bool
             ``path`` holds the image's bytes (1.x's flag).
         pre_filter : dict, optional
@@ -508,11 +576,11 @@ class SignatureDatabaseBase:
         robust : bool
             All of the above that the store allows (corner crops need crop windows).
 
-        All the signatures of a search (its orientations, frames, rotations, insets...) go to
-        the engine in one round trip; a record's distance is its smallest to any of them. In a
-        store with crop windows a record's windows take part as well, whatever the options. A
-        match through a frame, rotation or inset counts at its distance plus
-        ``goldberg.QUERY_MARGIN`` (0.07), one through a stored window plus
+        All the signatures of a search (its orientations, central crops, frames, rotations,
+        insets...) go to the engine in one round trip; a record's distance is its smallest to any
+        of them. In a store with crop windows a record's windows take part as well, whatever the
+        options. A match through a central crop, frame, rotation or inset counts at its distance
+        plus ``goldberg.QUERY_MARGIN`` (0.07), one through a stored window plus
         ``goldberg.WINDOW_MARGIN`` (0.10): parts of pictures must be closer than wholes to be the
         same picture (see ``record_distances``).
 
@@ -523,14 +591,15 @@ class SignatureDatabaseBase:
             once.
         """
         options = self.query_options(all_orientations, frames, small_rotations, insets,
-                                     corner_crops, robust)
+                                     corner_crops, robust, mirror, central_crops)
         signatures = self.gis.query_signatures(path, bytestream, **options)
-        return self._search_signatures([(signatures, query_margins(**options))], pre_filter, size,
-                                       distance_cutoff)[0]
+        return self._search_signatures([(signatures, self.query_margins(options))], pre_filter,
+                                       size, distance_cutoff)[0]
 
     def search_images(self, images, all_orientations=False, pre_filter=None, size=None,
                       distance_cutoff=None, workers=1, frames=False, small_rotations=False,
-                      insets=False, corner_crops=False, robust=False):
+                      insets=False, corner_crops=False, robust=False, mirror=None,
+                      central_crops=None):
         """Search many images, with one engine round trip for all of them.
 
         Parameters are those of ``search_image``, and ``workers``: processes signing the images.
@@ -544,10 +613,10 @@ class SignatureDatabaseBase:
         images = list(images)
         queries, positions, results = [], [], [None] * len(images)
         options = self.query_options(all_orientations, frames, small_rotations, insets,
-                                     corner_crops, robust)
+                                     corner_crops, robust, mirror, central_crops)
         signed = map_signing(functools.partial(self.gis.query_signatures, **options), images,
                              workers)
-        margins = query_margins(**options)
+        margins = self.query_margins(options)
         for index, signatures in enumerate(signed):
             if isinstance(signatures, ImageMatchError):
                 results[index] = signatures
@@ -653,7 +722,7 @@ class SignatureDatabaseBase:
             yield record.as_dict()
 
     def find_duplicates(self, distance_cutoff=None, size=None, batch_size=200,
-                        all_orientations=False, queries=None):
+                        all_orientations=True, queries=None):
         """Groups of near-duplicate images over the whole store.
 
         Every record is searched against the store with its stored signature; two records closer
@@ -664,13 +733,16 @@ class SignatureDatabaseBase:
         Parameters
         ----------
         all_orientations : bool
-            Also link flipped and rotated copies, by searching each record's 8 orientations. The
-            images themselves are not at hand, so the orientations are the index arithmetic of
-            ``signature_variants``: exact for the paper variant, within a small distance for 1.x's.
+            Also link mirrored and turned copies (flips, turns by 90, 180 and 270 degrees; on by
+            default): a record without ``queries`` is searched in its 8 orientations, its stored
+            signature's ``signature_variants`` (the store keeps no pixels to turn), another
+            orientation than its own counting the store's ``orientation_margin`` more.
         queries : dict, optional
-            ``{record id: (signatures, margins)}``: more signatures to search for a record, made
-            from its image (``ImageSignature.query_signatures`` with frames or small rotations,
-            and their ``query_margins``: the store keeps no image to make them from).
+            ``{record id: (signatures, margins)}``: the signatures a search of the record's image
+            adds to its own, signed from the image (``ImageSignature.query_signatures`` after its
+            first row, with ``query_options``: its orientations, central crops, frames...; and
+            ``query_margins``). A record that has them is searched with them instead of its
+            signature's variants: as ``search_image`` would search its image.
 
         Returns
         -------
@@ -715,7 +787,7 @@ class SignatureDatabaseBase:
         groups.sort(key=lambda g: (-len(g), g[0]["path"]))
         return groups
 
-    def distances_to(self, head, records, all_orientations=False, queries=None):
+    def distances_to(self, head, records, all_orientations=True, queries=None):
         """The distance of ``head`` to each of ``records`` as ``find_duplicates`` measures it (the
         nearer of both ways; windows, orientations and ``queries`` taking part).
 
@@ -727,17 +799,18 @@ class SignatureDatabaseBase:
                               lambda r: self._searched(r, all_orientations, queries or {}))
 
     def _searched(self, record, all_orientations, queries):
-        """``(signatures, margins)`` searched for a stored record by ``find_duplicates``."""
-        if all_orientations:
-            own = signature_variants(record.signature, self.gis.n, self.gis.diagonal_neighbors)
-        else:
-            own = np.asarray(record.signature)[None]
-        own_margins = np.zeros(len(own))
-        if record.id not in queries:
-            return own, own_margins
-        more, more_margins = queries[record.id]
-        return (np.concatenate([own, np.asarray(more, np.int8)]),
-                np.concatenate([own_margins, more_margins]))
+        """``(signatures, margins)`` searched for a stored record by ``find_duplicates``: its
+        signature and the rows ``queries`` has for it, signed from its image; else, without an
+        image, its signature's ``signature_variants`` for the orientations."""
+        own = np.asarray(record.signature)[None]
+        if record.id in queries:
+            more, more_margins = queries[record.id]
+            return (np.concatenate([own, np.asarray(more, np.int8)]),
+                    np.concatenate([[0.0], more_margins]))
+        if not all_orientations:
+            return own, np.zeros(1)
+        turned = signature_variants(record.signature, self.gis.n, self.gis.diagonal_neighbors)
+        return turned, np.concatenate([[0.0], np.full(len(turned) - 1, self.orientation_margin)])
 
     # --- primitives: each driver supplies these ------------------------------------------------
 
@@ -832,13 +905,22 @@ def scored_candidates(hits, records):
             if record is None:
                 continue
             if key in seen:
-                record = replace(record, score=score)
+                record = _with_score(record, score)
             else:
                 seen.add(key)
                 record.score = score
             listed.append(record)
         results.append(listed)
     return results
+
+
+def _with_score(record, score):
+    """A shallow copy of ``record`` carrying ``score`` (``dataclasses.replace`` runs ``__init__``
+    again: several times slower, on a path that copies dozens of records a search)."""
+    copied = object.__new__(Record)
+    copied.__dict__.update(record.__dict__)
+    copied.score = score
+    return copied
 
 
 def pair_distances(head, records, searched):
@@ -867,6 +949,21 @@ def _as_record(record):
                   windows=None if windows is None else np.asarray(windows, dtype=np.int8))
 
 
+def _check_margin(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InvalidParameterError(f"orientation_margin={value!r}: must be a number in [0, 1]")
+    return float(value)
+
+
+def _check_search_defaults(value):
+    """``search_defaults`` as a dict of ``SEARCH_DEFAULTS``' keys to bools."""
+    if not isinstance(value, Mapping) or set(value) != set(SEARCH_DEFAULTS) or not all(
+            isinstance(flag, bool) for flag in value.values()):
+        raise InvalidParameterError(
+            f"search_defaults={value!r}: must be a dict of {', '.join(SEARCH_DEFAULTS)} to bools")
+    return dict(value)
+
+
 def _check_crop_windows(value):
     """The crop window areas as a tuple of floats (empty: none)."""
     if value is None or value is False:
@@ -883,8 +980,15 @@ def _check_crop_windows(value):
     return areas
 
 
-def _store_fields(gis, areas, image, bytestream=False):
+def _store_fields(gis, areas, image, bytestream=False, query_options=None):
     """``SignatureDatabaseBase.sign``, as a function that pickles (for ``map_signing``)."""
+    if query_options is not None:
+        grey, shape = gis.decode(image, bytestream=bytestream)
+        signatures = gis.query_signatures_of_grey(grey, shape, **query_options)
+        fields = {"signature": signatures[0], "query": signatures[1:]}
+        if areas:
+            fields["windows"] = gis.windows_of_grey(grey, shape, crop_windows(areas))
+        return fields
     if not areas:
         return {"signature": gis.generate_signature(image, bytestream=bytestream)}
     signatures = gis.record_signatures(image, bytestream=bytestream, areas=areas)
@@ -903,7 +1007,7 @@ def _completed(stored):
     stored = dict(stored)
     stored["signature"] = {"draft": _UNRECORDED["draft"], **stored["signature"]}
     stored["crop_windows"] = stored.get("crop_windows") or []  # none before crop windows existed
-    for key in ("distance_cutoff", "ids"):
+    for key in ("distance_cutoff", "ids", "search_defaults", "orientation_margin"):
         stored.setdefault(key, _UNRECORDED[key])
     return stored
 

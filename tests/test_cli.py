@@ -191,12 +191,12 @@ def test_search_filter_reads_json_scalars(stored):
     assert bad.exit_code == 2 and only_line(bad) == "error: --filter 'year': expected KEY=VALUE"
 
 
-def test_search_all_orientations_finds_a_flip(stored, tmp_path):
-    flipped = tmp_path / "flipped.png"
+def test_search_all_orientations_finds_a_turned_copy(stored, tmp_path):
+    turned = tmp_path / "turned.png"
     with Image.open(stored / "a.jpg") as image:
-        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped)
-    assert lines(run("search", "--json", flipped))[0]["matches"] == []
-    found = lines(run("search", "--json", "--all-orientations", flipped))[0]["matches"]
+        image.transpose(Image.Transpose.ROTATE_90).save(turned)
+    assert lines(run("search", "--json", turned))[0]["matches"] == []
+    found = lines(run("search", "--json", "--all-orientations", turned))[0]["matches"]
     assert [m["path"] for m in found] == [str(stored / "a.jpg")]
 
 

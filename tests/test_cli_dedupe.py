@@ -109,20 +109,21 @@ def test_dedupe_finds_exactly_the_planted_groups(planted, monkeypatch, tmp_path)
     monkeypatch.delenv("IMAGE_MATCH_DATABASE", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
 
-    result = run("dedupe", "--json", "--all-orientations", folder)
+    result = run("dedupe", "--json", folder)  # mirror images and turns are grouped by default
     assert result.exit_code == 0, result.output
     found = found_groups(result, folder)
+    assert found == found_groups(run("dedupe", "--json", "--all-orientations", folder), folder)
     precision, recall = precision_recall(found, groups)
-    print(f"\ndedupe --all-orientations: {len(found)} groups found, {len(groups)} planted, "
+    print(f"\ndedupe: {len(found)} groups found, {len(groups)} planted, "
           f"{sum(map(len, groups))} planted images among {len(list(folder.rglob('*.*')))}: "
           f"precision {precision:.3f}, recall {recall:.3f}")
     assert sorted(map(sorted, found)) == sorted(map(sorted, groups))
     assert precision == recall == 1.0
 
-    # Without --all-orientations the flipped copies are not grouped, and nothing else is lost.
-    plain = found_groups(run("dedupe", "--json", folder), folder)
+    # With --no-orientations the flipped copies are not grouped, and nothing else is lost.
+    plain = found_groups(run("dedupe", "--json", "--no-orientations", folder), folder)
     precision, recall = precision_recall(plain, groups)
-    print(f"dedupe (no --all-orientations): precision {precision:.3f}, recall {recall:.3f}")
+    print(f"dedupe --no-orientations: precision {precision:.3f}, recall {recall:.3f}")
     without_flips = {frozenset(p for p in group if not p.endswith("-flip.jpg")) for group in groups}
     assert set(plain) == {group for group in without_flips if len(group) > 1}
 
@@ -268,10 +269,10 @@ def test_dedupe_the_store_deletes_files_and_records(copies, tmp_path):
     folder, groups = copies
     url = f"sqlite:///{tmp_path / 'store.db'}"
     assert run("add", "--db", url, folder).exit_code == 0
-    report = lines(run("dedupe", "--json", "--db", url))
-    assert len(report) == len(groups) - 1  # the store's words do not find flips
+    report = lines(run("dedupe", "--json", "--no-orientations", "--db", url))
+    assert len(report) == len(groups) - 1  # without orientations the store's words miss flips
     assert all(m["id"] for group in report for m in group["members"])
-    oriented = lines(run("dedupe", "--json", "--all-orientations", "--db", url))
+    oriented = lines(run("dedupe", "--json", "--db", url))
     assert {frozenset(os.path.relpath(m["path"], folder) for m in g["members"]) for g in oriented} == \
         set(groups)
     result = run("dedupe", "--json", "--all-orientations", "--delete", "--yes", "--db", url)
@@ -389,7 +390,7 @@ def test_dedupe_the_dev_corpus_with_planted_copies(tmp_path):
         with Image.open(photo) as image:
             make(image.convert("RGB")).save(copy, **options)
         planted.add(frozenset({str(photo), str(copy)}))
-    result = run("dedupe", "--json", "--all-orientations", SHARED_CORPUS, tmp_path)
+    result = run("dedupe", "--json", SHARED_CORPUS, tmp_path)  # orientations, central crops
     assert result.exit_code == 0, result.output
     found = [frozenset(m["path"] for m in group["members"]) for group in lines(result)]
     precision, recall = precision_recall(found, planted)

@@ -87,9 +87,9 @@ def test_store_commands_on_the_engine(index_url, tmp_path):
     stats = lines(run("stats", "--json", "--db", index_url))[0]
     assert stats["records"] == 3 and stats["location"].endswith(index_url.rsplit("/", 1)[1])
 
-    groups = lines(run("dedupe", "--json", "--all-orientations", "--db", index_url))
+    groups = lines(run("dedupe", "--json", "--db", index_url))  # mirror images by default
     assert [sorted(m["path"] for m in g["members"]) for g in groups] == [sorted([str(photo), str(copy)])]
-    assert lines(run("dedupe", "--json", "--db", index_url)) == []  # flips need --all-orientations
+    assert lines(run("dedupe", "--json", "--no-orientations", "--db", index_url)) == []
 
     record_id = groups[0]["members"][1]["id"]
     assert lines(run("get", "--json", "--db", index_url, record_id))[0]["id"] == record_id

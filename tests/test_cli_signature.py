@@ -45,16 +45,22 @@ def test_compare_same_and_different_pictures():
     assert different["distance"] > 0.45 and different["match"] is False
 
 
-def test_compare_all_orientations_finds_a_flip(tmp_path):
+def test_compare_finds_a_mirror_image_by_default_and_turns_with_all_orientations(tmp_path):
     from PIL import Image
 
-    flipped = tmp_path / "flipped.png"
+    flipped, turned = tmp_path / "flipped.png", tmp_path / "turned.png"
     with Image.open(PHOTO) as image:
         image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped)
-    plain = json.loads(run("compare", "--json", PHOTO, flipped).output)
-    oriented = json.loads(run("compare", "--json", "--all-orientations", PHOTO, flipped).output)
-    assert plain["match"] is False
-    assert oriented["match"] is True and oriented["orientation"] == "flip left-right"
+        image.transpose(Image.Transpose.ROTATE_90).save(turned)
+    plain = json.loads(run("compare", "--json", "--no-mirror", PHOTO, flipped).output)
+    assert plain["match"] is False and plain["via"] == "identity"
+    mirrored = json.loads(run("compare", "--json", PHOTO, flipped).output)
+    assert mirrored["match"] is True and mirrored["via"].startswith("flip left-right of ")
+    assert json.loads(run("compare", "--json", PHOTO, turned).output)["match"] is False
+    oriented = json.loads(run("compare", "--json", "--all-orientations", PHOTO, turned).output)
+    assert oriented["match"] is True and oriented["orientation"] in ("rotate 90", "rotate 270")
+    # Through an orientation a distance counts ORIENTATION_MARGIN more than the turned pixels'.
+    assert oriented["distance"] >= 0.05
 
 
 def test_compare_missing_file_is_one_line_and_exit_1(tmp_path):
