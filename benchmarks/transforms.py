@@ -8,9 +8,16 @@ tables list them; ``Transform.__call__(image, seed, background)`` applies one de
 Choices that decide what a row measures:
 
 - Crops are given by the *area* they keep; the side shrinks by its square root.
-- Small rotations keep the image's size (``expand=False``) and fill the corners with black, as a
-  plain rotate does: the row measures the rotation, the crop rows measure losing content. A
+- Small rotations come in two kinds. ``rotate N`` keeps the image's size (``expand=False``) and
+  fills the corners with black, as a plain rotate does: the row measures the rotation, the crop
+  rows measure losing content. ``rotate N expand`` grows the canvas to hold the whole turned
+  picture (``expand=True``), the corners filled black, or white (``... white``), as image
+  editors' "rotate" does: nothing is lost, but the picture shrinks within a larger frame. A
   "straighten" that crops to the inscribed rectangle is a rotation plus a crop of 20-35%.
+- Central crops by area: 90% and 81% (5% off each side, the light crop of re-posted pictures),
+  75%, 64% (10% off each side), 50%. A side crop keeps the aspect ratio, touching one side
+  (drawn at random) at its middle; an off-centre crop keeps 60-80% of the area (drawn) at a drawn
+  place that is not the centre, the aspect ratio kept.
 - The 90-degree rotation turns counter-clockwise and keeps the whole picture.
 - Text, logo and caption use Pillow's built-in scalable font, so the copies are the same on every
   machine with the same Pillow.
@@ -74,10 +81,32 @@ def _crop_at(image, area, x_anchor, y_anchor):
     return image.crop((left, top, left + width, top + height))
 
 
-def rotate(image, degrees):
-    """Counter-clockwise by ``degrees`` about the centre, same size, black corners (bicubic)."""
-    return image.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=False,
-                        fillcolor=_fill(image, BLACK))
+SIDES = ("top", "bottom", "left", "right")
+
+
+def side_crop(image, area, side):
+    """The rectangle of the same aspect ratio keeping ``area`` of the pixels, touching ``side``
+    at its middle."""
+    x_anchor = {"left": 0.0, "right": 1.0}.get(side, 0.5)
+    y_anchor = {"top": 0.0, "bottom": 1.0}.get(side, 0.5)
+    return _crop_at(image, area, x_anchor, y_anchor)
+
+
+def off_centre_crop(image, rng, areas=(0.6, 0.8)):
+    """The rectangle of the same aspect ratio keeping a drawn share of ``areas`` of the pixels, at
+    a drawn place at least a quarter of the free margin away from the centre on some axis."""
+    area = float(rng.uniform(*areas))
+    while True:
+        x_anchor, y_anchor = (float(v) for v in rng.uniform(0.0, 1.0, 2))
+        if max(abs(x_anchor - 0.5), abs(y_anchor - 0.5)) >= 0.25:
+            return _crop_at(image, area, x_anchor, y_anchor)
+
+
+def rotate(image, degrees, expand=False, colour=BLACK):
+    """Counter-clockwise by ``degrees`` about the centre (bicubic): the same size, or with
+    ``expand`` a canvas grown to hold the whole turned picture; the corners ``colour``."""
+    return image.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=expand,
+                        fillcolor=_fill(image, colour))
 
 
 def rotate_90(image):
@@ -289,14 +318,23 @@ TRANSFORMS = {t.name: t for t in (
     Transform("jpeg q10", _fixed(jpeg, 10)),
     Transform("png", _fixed(png)),
     Transform("crop 90%", _fixed(central_crop, 0.9)),
+    Transform("crop 81%", _fixed(central_crop, 0.81)),
     Transform("crop 75%", _fixed(central_crop, 0.75)),
+    Transform("crop 64%", _fixed(central_crop, 0.64)),
     Transform("crop 50%", _fixed(central_crop, 0.5)),
     Transform("corner crop 80%",
               lambda image, rng: corner_crop(image, 0.8, CORNERS[rng.integers(len(CORNERS))])),
+    Transform("side crop 80%",
+              lambda image, rng: side_crop(image, 0.8, SIDES[rng.integers(len(SIDES))])),
+    Transform("off-centre crop 60-80%", off_centre_crop),
     Transform("rotate 2", _fixed(rotate, 2)),
     Transform("rotate 5", _fixed(rotate, 5)),
     Transform("rotate 10", _fixed(rotate, 10)),
     Transform("rotate 15", _fixed(rotate, 15)),
+    Transform("rotate 5 expand", _fixed(rotate, 5, True)),
+    Transform("rotate 10 expand", _fixed(rotate, 10, True)),
+    Transform("rotate 15 expand", _fixed(rotate, 15, True)),
+    Transform("rotate 10 expand white", _fixed(rotate, 10, True, WHITE)),
     Transform("rotate 90", _fixed(rotate_90)),
     Transform("flip h", _fixed(flip_horizontal)),
     Transform("flip v", _fixed(flip_vertical)),
