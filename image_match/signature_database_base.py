@@ -14,6 +14,9 @@ primitive                   what the driver does
 ``_delete(ids)``            delete these ids; return how many existed
 ``_ids_with_path(path)``    ids and timestamps of the records whose path is exactly ``path``
 ``_scan(batch_size)``       every record, in batches (for export and ``find_duplicates``)
+``_page(after, limit)``     up to ``limit`` records after the cursor ``after`` in the store's
+                            own stable order, and the cursor of the last one (``records_page``)
+``_paths(offset, limit)``   the paths of the records at ``offset`` in that order (``paths``)
 ``count()``                 how many records
 ``_read_config()``          the store's recorded parameters, None for a new or 1.x store
 ``_create(config)``         make the store (table, index) and record the parameters
@@ -106,6 +109,8 @@ CONFIG_FORMAT = 3
 SEARCH_DEFAULTS = {"mirror": True, "central_crops": True}
 #: image-match 1.x's: the query alone.
 SEARCH_DEFAULTS_1X = {"mirror": False, "central_crops": False}
+#: The most records ``records_page`` returns at a time.
+MAX_PAGE = 1000
 
 # ImageSignature's parameters in its positional order; all but draft decide what a signature is,
 # and draft decides which pixels it is computed from: a store records and pins them all.
@@ -486,9 +491,29 @@ class SignatureDatabaseBase:
     def sign_many(self, images, workers=None, chunksize=16, query_options=None):
         """``sign`` for many images on ``workers`` processes (None: every core), yielding per
         image its dict or its ImageMatchError, in order."""
-        return map_signing(functools.partial(_store_fields, self.gis, self.crop_windows,
-                                             query_options=query_options), images,
-                           workers, chunksize)
+        return map_signing(self.record_signer(query_options), images, workers, chunksize)
+
+    def record_signer(self, query_options=None):
+        """``sign`` as a function of the image alone that pickles, for a process pool of one's
+        own (a service signing in worker processes): ``record_signer(options)(image)`` is
+        ``sign(image, query_options=options)``."""
+        return functools.partial(_store_fields, self.gis, self.crop_windows,
+                                 query_options=query_options)
+
+    def query_signer(self, all_orientations=False, frames=False, small_rotations=False,
+                     insets=False, corner_crops=False, robust=False, mirror=None,
+                     central_crops=None):
+        """What ``search_image`` signs of a query with these options, as a function of the image
+        alone that pickles: it returns the query, ``(signatures, margins)``, which
+        ``search_queries`` searches. The two halves of ``search_image``, for signing in a process
+        pool of one's own and searching elsewhere.
+
+        Raises InvalidParameterError as ``query_options`` does; the function raises
+        ImageLoadError for an image that cannot be read.
+        """
+        options = self.query_options(all_orientations, frames, small_rotations, insets,
+                                     corner_crops, robust, mirror, central_crops)
+        return functools.partial(_query, self.gis, options, self.query_margins(options))
 
     def query_options(self, all_orientations=False, frames=False, small_rotations=False,
                       insets=False, corner_crops=False, robust=False, mirror=None,
@@ -590,11 +615,9 @@ class SignatureDatabaseBase:
             ``{"id", "path", "dist", "score", "metadata"}`` per match, sorted by distance, each id
             once.
         """
-        options = self.query_options(all_orientations, frames, small_rotations, insets,
-                                     corner_crops, robust, mirror, central_crops)
-        signatures = self.gis.query_signatures(path, bytestream, **options)
-        return self._search_signatures([(signatures, self.query_margins(options))], pre_filter,
-                                       size, distance_cutoff)[0]
+        query = self.query_signer(all_orientations, frames, small_rotations, insets, corner_crops,
+                                  robust, mirror, central_crops)(path, bytestream)
+        return self.search_queries([query], pre_filter, size, distance_cutoff)[0]
 
     def search_images(self, images, all_orientations=False, pre_filter=None, size=None,
                       distance_cutoff=None, workers=1, frames=False, small_rotations=False,
@@ -612,21 +635,24 @@ class SignatureDatabaseBase:
         """
         images = list(images)
         queries, positions, results = [], [], [None] * len(images)
-        options = self.query_options(all_orientations, frames, small_rotations, insets,
-                                     corner_crops, robust, mirror, central_crops)
-        signed = map_signing(functools.partial(self.gis.query_signatures, **options), images,
-                             workers)
-        margins = self.query_margins(options)
-        for index, signatures in enumerate(signed):
-            if isinstance(signatures, ImageMatchError):
-                results[index] = signatures
+        signer = self.query_signer(all_orientations, frames, small_rotations, insets, corner_crops,
+                                   robust, mirror, central_crops)
+        for index, query in enumerate(map_signing(signer, images, workers)):
+            if isinstance(query, ImageMatchError):
+                results[index] = query
             else:
                 positions.append(index)
-                queries.append((signatures, margins))
+                queries.append(query)
         for index, matches in zip(positions,
-                                  self._search_signatures(queries, pre_filter, size, distance_cutoff)):
+                                  self.search_queries(queries, pre_filter, size, distance_cutoff)):
             results[index] = matches
         return results
+
+    def search_queries(self, queries, pre_filter=None, size=None, distance_cutoff=None):
+        """Matches for each query that ``query_signer``'s function made (or a (Q, L) array of
+        signatures of one image), as ``search_image`` returns them; one engine round trip for all.
+        ``pre_filter``, ``size`` and ``distance_cutoff`` as for ``search_image``."""
+        return self._search_signatures(queries, pre_filter, size, distance_cutoff)
 
     def search_signature(self, signature, pre_filter=None, size=None, distance_cutoff=None):
         """Search with a signature computed elsewhere (array of the store's length)."""
@@ -715,6 +741,51 @@ class SignatureDatabaseBase:
         holders = sorted(self._ids_with_path(path), key=lambda pair: (pair[1] is None, pair[1]))
         extra = [record_id for record_id, _ in holders[1:]]
         return self._delete(extra) if extra else 0
+
+    def ids_with_path(self, path):
+        """The ids of the records whose path is exactly ``path`` (another path that merely starts
+        or ends alike, or differs in case, is not ``path``)."""
+        return [record_id for record_id, _ in self._ids_with_path(path)]
+
+    def records_page(self, after=None, limit=100):
+        """One page of the store's records, in its own stable order, for listing them page by
+        page however many there are (the CLI's export reads them all with ``iter_records``).
+
+        Parameters
+        ----------
+        after : str or None
+            The cursor a previous page returned; None for the first page.
+        limit : int
+            Records per page, 1 to ``MAX_PAGE``.
+
+        Returns
+        -------
+        (list of dict, str or None)
+            The records as ``get`` returns them, and the cursor of the next page: None when
+            there are no more records. Records added or deleted meanwhile may or may not show.
+
+        Raises
+        ------
+        InvalidParameterError
+            ``limit`` is out of range, or ``after`` is not a cursor this store gave.
+        """
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise InvalidParameterError(f"limit={limit!r}: must be an integer from 1 to {MAX_PAGE}")
+        if after is not None and (not isinstance(after, str) or not after):
+            raise InvalidParameterError(f"after={after!r}: not a cursor of {self.location}")
+        records, following = self._page(after, limit)
+        return [record.as_dict() for record in records], following
+
+    def paths(self, offset=0, limit=20):
+        """The paths of ``limit`` records from the ``offset``-th on, in the order of
+        ``records_page`` (dsys/match's ``/list``; ``records_page`` pages cheaply, an offset costs
+        the records it skips)."""
+        for name, value in (("offset", offset), ("limit", limit)):
+            if type(value) is not int or value < 0:
+                raise InvalidParameterError(f"{name}={value!r}: must be an integer >= 0")
+        if limit > MAX_PAGE * 10:
+            raise InvalidParameterError(f"limit={limit}: at most {MAX_PAGE * 10} paths at a time")
+        return self._paths(offset, limit) if limit else []
 
     def iter_records(self, batch_size=1000):
         """Every record, as ``get`` returns them, for export."""
@@ -830,6 +901,12 @@ class SignatureDatabaseBase:
         raise NotImplementedError
 
     def _scan(self, batch_size):
+        raise NotImplementedError
+
+    def _page(self, after, limit):
+        raise NotImplementedError
+
+    def _paths(self, offset, limit):
         raise NotImplementedError
 
     def _read_config(self):
@@ -993,6 +1070,11 @@ def _store_fields(gis, areas, image, bytestream=False, query_options=None):
         return {"signature": gis.generate_signature(image, bytestream=bytestream)}
     signatures = gis.record_signatures(image, bytestream=bytestream, areas=areas)
     return {"signature": signatures[0], "windows": signatures[1:]}
+
+
+def _query(gis, options, margins, image, bytestream=False):
+    """``SignatureDatabaseBase.query_signer``'s function, at module level so that it pickles."""
+    return gis.query_signatures(image, bytestream, **options), margins
 
 
 def _check_ids(ids):

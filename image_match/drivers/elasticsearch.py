@@ -10,6 +10,8 @@ when it refused the request.
 
 An index is created with an explicit, strict mapping (nothing is left to dynamic guessing)::
 
+    id              keyword, not indexed         the record's id again, as doc values: the
+                                                 order records are listed in, page by page
     path            keyword                      exact lookups (delete_duplicates)
     signature       binary, not indexed          the signature packed 3 values a byte: 216 bytes
     windows         binary, not indexed          with crop windows: the central windows'
@@ -82,6 +84,9 @@ CONNECT_TIMEOUT = 5.0
 
 _WORDS_FIELD = "words"
 _MAX_ID_BYTES = 512
+# The engines' index.max_result_window: from + size of a search may not pass it.
+_RESULT_WINDOW = 10_000
+_NO_HITS = {"hits": {"hits": []}}
 # The fields of 1.x's documents that tell its indices apart from others'.
 _LEGACY_FIELDS = ("signature", "simple_word_0")
 
@@ -262,6 +267,7 @@ class SignatureES(SignatureDatabaseBase):
 
     def _mappings(self, config):
         properties = {
+            "id": {"type": "keyword", "index": False},
             "path": {"type": "keyword"},
             "signature": {"type": "binary"},
             "windows": {"type": "binary"},
@@ -338,6 +344,7 @@ class SignatureES(SignatureDatabaseBase):
             signature_values = signatures.tolist()
         else:
             packed = pack_signatures(signatures)
+        with_id = self._order() == "id"
         plain_tags = None
         if self.layout == "words":
             # Position-tagged words differ from each other, so a record's own need no dedup.
@@ -345,6 +352,8 @@ class SignatureES(SignatureDatabaseBase):
         documents = []
         for index, record in enumerate(records):
             document = {"path": record.path}
+            if with_id:
+                document["id"] = record.id
             if self.legacy:
                 document["signature"] = signature_values[index]
                 if record.metadata is not None:
@@ -540,6 +549,52 @@ class SignatureES(SignatureDatabaseBase):
         query = {"query": {"match_all": {}}, "_source": {"excludes": self._not_returned()}}
         for hit in self._client.scan(query, size=batch_size):
             yield from self._from_hits([hit])
+
+    def _order(self):
+        """The field records are listed in the order of: ``id``'s doc values in the indices made
+        since it exists; in others (1.x's), ``_id``, which Elasticsearch 7 and OpenSearch sort on
+        from a cache of every id in the heap (and Elasticsearch 8 refuses)."""
+        properties = self._mapping.get("properties") or {}
+        return "id" if "id" in properties and not self.legacy else "_id"
+
+    def _page(self, after, limit):
+        body = {"query": {"match_all": {}}, "size": limit + 1, "sort": [{self._order(): "asc"}],
+                "track_total_hits": False, "_source": {"excludes": self._not_returned()}}
+        if after is not None:
+            body["search_after"] = [after]
+        hits = self._client.search(body, missing=_NO_HITS)["hits"]["hits"]
+        following = hits[limit - 1]["sort"][0] if len(hits) > limit else None
+        return self._from_hits(hits[:limit]), following
+
+    def _paths(self, offset, limit):
+        order = [{self._order(): "asc"}]
+        base = {"query": {"match_all": {}}, "sort": order, "track_total_hits": False}
+        if offset + limit <= _RESULT_WINDOW:
+            hits = self._client.search(
+                {**base, "from": offset, "size": limit, "_source": self._path_fields()},
+                missing=_NO_HITS)["hits"]["hits"]
+            return [self._path_of(hit) for hit in hits]
+        # Past the engine's result window: walk there by search_after, sort values only.
+        after = None
+        while offset:
+            step = {**base, "size": min(offset, _RESULT_WINDOW), "_source": False}
+            if after is not None:
+                step["search_after"] = after
+            hits = self._client.search(step, missing=_NO_HITS)["hits"]["hits"]
+            if not hits:
+                return []
+            offset -= len(hits)
+            after = hits[-1]["sort"]
+        body = {**base, "size": limit, "_source": self._path_fields(), "search_after": after}
+        return [self._path_of(hit) for hit in
+                self._client.search(body, missing=_NO_HITS)["hits"]["hits"]]
+
+    def _path_fields(self):
+        return [self._field("path"), self._field("url")]
+
+    def _path_of(self, hit):
+        source = self._source_of(hit)
+        return source.get("path", source.get("url"))
 
     def count(self):
         """How many records the index holds (0 when it does not exist)."""
@@ -796,9 +851,12 @@ class _Client:
         spelled = {"searches": searches} if self.keywords else {"body": searches}
         return self._call("searching", self.es.msearch, **spelled)
 
-    def search(self, body):
+    def search(self, body, missing=None):
+        """The engine's answer to a search; ``missing`` when the index does not exist (if given)."""
+        if self.field_keywords and "from" in body:  # a Python keyword: elasticsearch-py's from_
+            body = {("from_" if key == "from" else key): value for key, value in body.items()}
         return self._call("searching", self._body, self.es.search, body,
-                          keywords=self.field_keywords, index=self.index)
+                          keywords=self.field_keywords, index=self.index, missing=missing)
 
     def mget(self, docs):
         return self._call("reading", self._body, self.es.mget, {"docs": docs}, index=self.index)

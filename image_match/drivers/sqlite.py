@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ..errors import DatabaseError
+from ..errors import DatabaseError, InvalidParameterError
 from ..records import (Record, indexed_window_words, pack_signatures, pack_windows,
                        unpack_signatures, unpack_windows)
 from ..signature_database_base import SignatureDatabaseBase, scored_candidates
@@ -339,6 +339,28 @@ class SignatureSQLite(SignatureDatabaseBase):
             last = rowids[-1]
             for _, record in batch:
                 yield record
+
+    def _page(self, after, limit):
+        # The cursor is the last rowid: pages follow the primary key, whatever the store's size.
+        try:
+            last = 0 if after is None else int(after)
+        except ValueError:
+            last = -1
+        if last < 0:
+            raise InvalidParameterError(f"after={after!r}: not a cursor of {self.location}")
+        with self._reading() as connection:
+            rowids = [row[0] for row in connection.execute(
+                "SELECT rowid FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (last, limit + 1))]
+            batch = sorted(self._fetch(connection, "rowid", rowids[:limit]),
+                           key=lambda pair: pair[0])
+        following = str(rowids[limit - 1]) if len(rowids) > limit else None
+        return [record for _, record in batch], following
+
+    def _paths(self, offset, limit):
+        with self._reading() as connection:
+            return [row[0] for row in connection.execute(
+                "SELECT path FROM records ORDER BY rowid LIMIT ? OFFSET ?", (limit, offset))]
 
     def count(self):
         with self._reading() as connection:
