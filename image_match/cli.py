@@ -15,8 +15,8 @@ import click
 import numpy as np
 
 from . import __version__, kernel
-from .cli_common import (EXIT_FAILURE, EXIT_USAGE, Context, Group, json_line,  # noqa: F401
-                         output_options)
+from .cli_common import (CUTOFF, EXIT_FAILURE, EXIT_USAGE, Context, Group,  # noqa: F401
+                         json_line, output_options, print_file_names_as_they_are)
 from .errors import ImageMatchError
 from .goldberg import (DIHEDRAL_NAMES, VARIANTS, ImageSignature, distance_matrix, is_featureless,
                        query_margins, query_part_names)
@@ -58,6 +58,7 @@ def main(ctx, verbose, quiet):
     state = ctx.ensure_object(Context)
     state.verbose += verbose
     state.quiet = state.quiet or quiet
+    print_file_names_as_they_are()
 
 
 @main.command(short_help="Print the signatures of images.")
@@ -99,7 +100,7 @@ def signature(state, images, show_words, as_json, variant, exact):
 @main.command(short_help="Distance between two images, and a verdict.")
 @click.argument("first")
 @click.argument("second")
-@click.option("--cutoff", type=click.FloatRange(0, 1), default=DEFAULT_CUTOFF, show_default=True,
+@click.option("--cutoff", type=CUTOFF, default=DEFAULT_CUTOFF, show_default=True,
               help="Distances below it are the same picture.")
 @click.option("--all-orientations", is_flag=True,
               help="Also compare the images' 8 flips and turns by 90 degrees.")

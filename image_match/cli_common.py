@@ -6,6 +6,7 @@ exits 2, a failure (an unreadable image, an unreachable engine, a disk error) ex
 traceback is shown only with ``-v``.
 """
 
+import codecs
 import glob
 import json
 import os
@@ -38,6 +39,28 @@ class Context:
 
     def show_progress(self):
         return not self.quiet and not self.as_json and _is_terminal(sys.stderr)
+
+
+def _file_name_bytes(error):
+    """The codec error handler of ``print_file_names_as_they_are``."""
+    try:
+        return codecs.lookup_error("surrogateescape")(error)
+    except UnicodeError:  # a lone surrogate that no file name decodes to
+        return codecs.lookup_error("backslashreplace")(error)
+
+
+def print_file_names_as_they_are():
+    """A file name that is not valid UTF-8 reaches Python with its bytes as surrogate escapes:
+    let stdout write those bytes back as they were (as ``ls`` prints them) instead of failing."""
+    try:
+        codecs.lookup_error("image_match.file_names")
+    except LookupError:
+        codecs.register_error("image_match.file_names", _file_name_bytes)
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        try:
+            sys.stdout.reconfigure(errors="image_match.file_names")
+        except (ValueError, OSError):
+            pass
 
 
 def _is_terminal(stream):
@@ -222,6 +245,23 @@ def progress(state, length, label):
             yield bar
     else:
         yield _NoBar()
+
+
+class _Cutoff(click.FloatRange):
+    """A distance cutoff: a number in [0, 1]. FloatRange alone lets NaN through (it is neither
+    below nor above the range), and a NaN cutoff matches nothing."""
+
+    def __init__(self):
+        super().__init__(0, 1)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number in the range 0<=x<=1.", param, ctx)
+        return number
+
+
+CUTOFF = _Cutoff()
 
 
 # --- key=value options ----------------------------------------------------------------------------

@@ -19,11 +19,12 @@ import warnings
 import click
 import numpy as np
 
-from .cli_common import (EXIT_FAILURE, can_ask, db_option, expand_paths, human_bytes, is_url,
-                         json_line, open_store, output_options, query_options, usage_error,
+from .cli_common import (CUTOFF, EXIT_FAILURE, can_ask, db_option, expand_paths, human_bytes,
+                         is_url, json_line, open_store, output_options, query_options, usage_error,
                          workers_option)
 from .cli_store import add_files, store_path
 from .errors import ImageLoadError
+from .records import record_path
 from .signature_database_base import DEFAULT_CUTOFF
 
 # The store's 0.40, not image-match 1.x's 0.45: a folder of N images is N*N/2 pairs, and at 0.45
@@ -46,7 +47,7 @@ _EXIF_ORIENTATION = 274
 @click.option("--delete", "delete_files", is_flag=True,
               help="Delete the other members (asks first; --yes to skip the question).")
 @click.option("-y", "--yes", is_flag=True, help="Delete without asking (needed without a terminal).")
-@click.option("--cutoff", type=click.FloatRange(0, 1), default=DEFAULT_CUTOFF, show_default=True,
+@click.option("--cutoff", type=CUTOFF, default=DEFAULT_CUTOFF, show_default=True,
               help="Images closer than this are the same picture (not 1.x's 0.45: a folder makes "
                    "many pairs).")
 @click.option("--all-orientations/--no-orientations", default=True, show_default=True,
@@ -107,11 +108,14 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
 
     if not dirs:
         db = open_store(db_url, **store_options)
-        groups = _find_groups(db, cutoff, all_orientations)
+        damaged = []
+        groups = _find_groups(db, cutoff, all_orientations, damaged=damaged)
+        for error in damaged:
+            click.echo(f"skipped: {error}", err=True)
         groups, problems = _report_and_act(db, groups, keep, all_orientations, action, move_to, yes,
                                            output_format, roots={}, store_mode=True)
         _summary(state, groups, db.count(), action, move_to)
-        if problems:
+        if problems or damaged:
             sys.exit(EXIT_FAILURE)
         return
 
@@ -147,6 +151,10 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
             margins = db.query_margins(options)[1:]
             queries = {record_id: (signatures, margins) for record_id, signatures in signed.items()}
             groups = _find_groups(db, cutoff, all_orientations, queries)
+            # A file name that is not UTF-8 is stored written with \xNN: act on the file itself.
+            real_paths = {record_path(path): path for path in paths}
+            for member in (member for group in groups for member in group):
+                member["path"] = real_paths.get(member["path"], member["path"])
             if in_store:
                 added = {record_id for _, record_id, status, _ in outcomes if record_id}
                 groups = [group for group in groups if any(m["id"] in added for m in group)]
@@ -163,14 +171,15 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
 
 # --- finding the groups -------------------------------------------------------------------------
 
-def _find_groups(db, cutoff, all_orientations, queries=None):
-    """Groups as lists of ``{"id", "path", "metadata", "signature", "timestamp"}``."""
+def _find_groups(db, cutoff, all_orientations, queries=None, damaged=None):
+    """Groups as lists of ``{"id", "path", "metadata", "signature", "timestamp"}``; ``damaged``
+    receives the DatabaseError of each record that could not be read."""
     groups = db.find_duplicates(distance_cutoff=cutoff, all_orientations=all_orientations,
-                                queries=queries)
+                                queries=queries, damaged=[] if damaged is None else damaged)
     records = db.get_many(member["id"] for group in groups for member in group)
-    # A member deleted by another process since the search is left out.
-    groups = [[_with_signature(records[m["id"]]) for m in group if m["id"] in records]
-              for group in groups]
+    # A member deleted (or damaged) by another process since the search is left out.
+    groups = [[_with_signature(records[m["id"]]) for m in group
+               if isinstance(records.get(m["id"]), dict)] for group in groups]
     return [group for group in groups if len(group) > 1]
 
 

@@ -11,10 +11,9 @@ from datetime import datetime, timezone
 
 import click
 
-from .cli_common import (EXIT_FAILURE, can_ask, database_url, db_option, expand_paths, human_bytes,
-                         is_url, json_line, open_store, output_options, parse_filter,
-                         parse_metadata, progress, query_options, usage_error,
-                         workers_option)
+from .cli_common import (CUTOFF, EXIT_FAILURE, can_ask, database_url, db_option, expand_paths,
+                         human_bytes, is_url, json_line, open_store, output_options, parse_filter,
+                         parse_metadata, progress, query_options, usage_error, workers_option)
 from .errors import ImageLoadError, ImageMatchError, InvalidParameterError
 from .records import content_id, default_id
 
@@ -174,7 +173,7 @@ def add(state, paths, metadata, id_from, workers, db_url, as_json):
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True,
               help="At most this many matches per image.")
-@click.option("--cutoff", type=click.FloatRange(0, 1), default=None,
+@click.option("--cutoff", type=CUTOFF, default=None,
               help="Matches are closer than this (default: the store's; 0.40 in a store "
                    "image-match 2 made, 0.45 in one image-match 1.x made).")
 @click.option("--all-orientations", is_flag=True,
@@ -340,20 +339,25 @@ def export_records(state, output, db_url, as_json):
     and "windows" (the crop windows' signatures) from a store that keeps them.
 
     For backups and for moving a store to another engine (image-match import). A file is written
-    whole or not at all.
+    whole or not at all. A damaged record (stored data that cannot be read) is named on stderr and
+    left out, and the command exits 1.
     """
     db = open_store(db_url)
     total = db.count()
-    written = 0
+    written, damaged = 0, 0
     to_file = output != "-"
     target = output + ".partial" if to_file else None
     stream = open(target, "w", encoding="utf-8") if to_file else sys.stdout
     try:
         with progress(state, total, "exporting") as bar:
             for record in db.iter_records():
+                bar.update(1)
+                if isinstance(record, ImageMatchError):  # damaged: named, and the rest goes on
+                    click.echo(f"failed: {record}", err=True)
+                    damaged += 1
+                    continue
                 stream.write(json.dumps(record, separators=(",", ":")) + "\n")
                 written += 1
-                bar.update(1)
         if to_file:
             stream.close()
             os.replace(target, output)
@@ -362,9 +366,12 @@ def export_records(state, output, db_url, as_json):
             stream.close()
             os.remove(target)
     if to_file and as_json:
-        json_line({"exported": written, "output": output})
+        json_line({"exported": written, "failed": damaged, "output": output})
     elif to_file:
-        state.info(f"exported {written} records from {db.location} to {output}")
+        state.info(f"exported {written} records from {db.location} to {output}"
+                   + (f", {damaged} damaged left out" if damaged else ""))
+    if damaged:
+        sys.exit(EXIT_FAILURE)
 
 
 @click.command("import", short_help="Add records from JSON lines (export's).")

@@ -57,7 +57,7 @@ from urllib.parse import quote, urljoin, urlsplit
 from . import settings as _settings
 from .errors import FetchError, InvalidParameterError
 
-__all__ = ["FetchedImage", "fetch", "refused_reason", "sniff_image_type"]
+__all__ = ["FetchedImage", "deadline_seconds", "fetch", "refused_reason", "sniff_image_type"]
 
 DEADLINE_FACTOR = 4
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -176,7 +176,7 @@ def fetch(url, *, settings=None, max_bytes=None, connect_timeout=None, read_time
     connect_timeout = s.fetch_connect_timeout if connect_timeout is None else connect_timeout
     read_timeout = s.fetch_read_timeout if read_timeout is None else read_timeout
     if deadline is None:
-        deadline = DEADLINE_FACTOR * (connect_timeout + read_timeout)
+        deadline = deadline_seconds(connect_timeout, read_timeout)
     limits = _Limits(connect_timeout, read_timeout, deadline, time.monotonic() + deadline,
                      s.fetch_max_bytes if max_bytes is None else max_bytes,
                      _Allowlist(s.fetch_allowlist), s.fetch_per_host_concurrency)
@@ -193,6 +193,16 @@ def fetch(url, *, settings=None, max_bytes=None, connect_timeout=None, read_time
             return result
         hop_url = result
     raise FetchError(url, f"too many redirects (more than {s.fetch_max_redirects})")
+
+
+def deadline_seconds(connect_timeout=None, read_timeout=None):
+    """The longest a fetch may take: ``DEADLINE_FACTOR * (connect_timeout + read_timeout)``, from
+    the settings for a timeout not given. Reading a local file is held to it too (``loading``)."""
+    if connect_timeout is None:
+        connect_timeout = _settings.get("FETCH_CONNECT_TIMEOUT")
+    if read_timeout is None:
+        read_timeout = _settings.get("FETCH_READ_TIMEOUT")
+    return DEADLINE_FACTOR * (connect_timeout + read_timeout)
 
 
 @dataclass(frozen=True)
@@ -242,7 +252,9 @@ def _fetch_once(url, limits):
         ip = _addr(sockaddr[0])
         reason = refused_reason(ip)
         if reason and not limits.allowlist.allows(host, ip, reason):
-            raise FetchError(url, f"refused address {ip} ({reason})")
+            raise FetchError(url, f"refused address {ip} ({reason}); to allow it, add {ip} to "
+                                  "IMAGE_MATCH_FETCH_ALLOWLIST in the environment of the process "
+                                  "that fetches (for ingestion: the workers')")
     with _host_slots.hold(host, limits.per_host, limits.remaining()) as got_slot:
         if not got_slot:
             raise FetchError(url, f"took longer than {limits.deadline:g} s waiting for a free slot "
@@ -255,6 +267,9 @@ def _parse(url):
     try:
         parts = urlsplit(url.strip())
         port = parts.port
+        url.encode("utf-8")
+    except UnicodeEncodeError:  # a line of a file that is not UTF-8, decoded with escapes
+        raise FetchError(url, "invalid URL (not valid UTF-8 text)") from None
     except ValueError as e:
         raise FetchError(url, f"invalid URL ({e})") from None
     scheme = parts.scheme.lower()

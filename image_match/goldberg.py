@@ -75,6 +75,7 @@ import os
 from collections import deque
 from functools import lru_cache
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -1361,12 +1362,21 @@ def map_signing(function, inputs, workers=None, chunksize=16):
         return
     chunks = _chunks(inputs, chunksize)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        in_flight = deque(pool.submit(_sign_chunk, function, chunk)
+        in_flight = deque((chunk, pool.submit(_sign_chunk, function, chunk))
                           for chunk in itertools.islice(chunks, 2 * workers))
         while in_flight:
-            results = in_flight.popleft().result()
+            chunk, future = in_flight.popleft()
+            try:
+                results = future.result()
+            except BrokenProcessPool:
+                raise
+            except Exception:
+                # An input that cannot be sent to a process (a PIL image whose lazily read file
+                # is truncated fails as it is pickled): the chunk is signed here, where each
+                # input's failure is its own.
+                results = _sign_chunk(function, chunk)
             for chunk in itertools.islice(chunks, 1):
-                in_flight.append(pool.submit(_sign_chunk, function, chunk))
+                in_flight.append((chunk, pool.submit(_sign_chunk, function, chunk)))
             yield from results
 
 

@@ -12,6 +12,11 @@ What it does to the picture:
 - Transparency is flattened onto white; palette, CMYK, YCbCr, 1-bit and 16-bit modes are converted.
 - Multi-frame files (animated GIF/WebP/PNG, multi-page TIFF, MPO) are signed by their first frame.
 - Images with more than ``IMAGE_MATCH_MAX_IMAGE_PIXELS`` pixels are refused before decoding.
+- Reading a local file or a file object never hangs: it is done in a helper thread that the caller
+  waits for at most the fetch deadline (``fetching.deadline_seconds()``, 80 s by default), so a FIFO,
+  a device or a stalled network file system gives an ``ImageLoadError`` instead of a hang. A FIFO
+  or a device is read as a download is (at most ``IMAGE_MATCH_FETCH_MAX_BYTES``), a regular file
+  whole (at most what an image within the pixel limit could take, ``max_file_bytes``).
 - With ``draft=True``, an image whose short side is at least twice ``DRAFT_MIN_SIDE`` is reduced
   by the largest factor that keeps its short side at least ``DRAFT_MIN_SIDE``: a JPEG is decoded at
   a reduced DCT scale (1/2, 1/4 or 1/8), which is most of the speed; other formats are decoded,
@@ -25,8 +30,15 @@ scikit-image computes it, so the floats are identical), while single-channel ima
 0-255 values (uint8). ``scale="0-1"`` puts every input on the 0-1 scale instead.
 """
 
+import concurrent.futures
 import io
 import os
+import queue
+import select
+import stat
+import threading
+import time
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -69,6 +81,15 @@ _REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")
 _BAND_PIXELS = 1 << 18
 
 _URL_PREFIXES = ("http://", "https://")
+
+# Pixel values of a float array beyond this are refused: grey levels are 0-1 or 0-255, and values
+# near the float64 limit overflow the signature's sums into infinities and NaN.
+MAX_FLOAT_VALUE = 1e15
+# The most bytes a file may take per pixel of the pixel limit: 16-bit RGBA, uncompressed.
+_BYTES_PER_PIXEL = 8
+_PIECE = 1 << 16
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+               | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
 
 
 def load_grey(image, *, bytestream=False, draft=True, scale="1.x", max_pixels=None):
@@ -163,26 +184,34 @@ def decode_grey_source(image, *, bytestream=False, draft=True, scale="1.x", max_
         source = _source_from_array(image, describe_array(image), scale)
         return source, source.pixels.shape[:2]
     if isinstance(image, Image.Image):
-        source = f"PIL image (mode {image.mode}, size {image.width}x{image.height})"
-        return _source_from_pil(image, source, scale, draft=False, max_pixels=max_pixels)
+        # A PIL image may be opened lazily (its pixels read now, from a file that may be
+        # truncated) or closed already: Pillow's errors are the image's, named like a file's.
+        source = describe(image)
+        with _pillow_errors(source):
+            return _source_from_pil(image, source, scale, draft=False, max_pixels=max_pixels)
 
-    source, data = _open_source(image, bytestream)
+    source, data = _open_source(image, bytestream, max_pixels)
+    with _pillow_errors(source), data:
+        try:
+            opened = Image.open(data)
+        except UnidentifiedImageError:
+            raise CorruptImageError(source, "not an image (unrecognized format)") from None
+        except Image.DecompressionBombError as error:
+            raise ImageLoadError(source, f"refused: too many pixels ({error})") from None
+        with opened:
+            return _source_from_pil(opened, source, scale, draft=draft, max_pixels=max_pixels)
+
+
+@contextmanager
+def _pillow_errors(source):
+    """Turns the variety of exceptions Pillow raises for broken data into an ImageLoadError
+    naming ``source``."""
     try:
-        with data:
-            try:
-                opened = Image.open(data)
-            except UnidentifiedImageError:
-                raise CorruptImageError(source, "not an image (unrecognized format)") from None
-            except Image.DecompressionBombError as error:
-                raise ImageLoadError(source, f"refused: too many pixels ({error})") from None
-            with opened:
-                return _source_from_pil(opened, source, scale, draft=draft,
-                                        max_pixels=max_pixels)
+        yield
     except ImageLoadError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError,
-            TypeError, MemoryError, Image.DecompressionBombError) as error:
-        # Pillow reports broken files with a variety of exception types.
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError,
+            MemoryError, Image.DecompressionBombError) as error:
         raise CorruptImageError(source, _pil_reason(error)) from None
 
 
@@ -206,7 +235,7 @@ def describe_array(array):
     return f"array (shape {array.shape}, dtype {array.dtype})"
 
 
-def _open_source(image, bytestream):
+def _open_source(image, bytestream, max_pixels=None):
     """(description, binary file) for an input that holds encoded bytes."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
@@ -226,35 +255,195 @@ def _open_source(image, bytestream):
             source = os.fsdecode(source)
         if not source:
             raise ImageLoadError("''", "empty path")
-        try:
-            handle = open(source, "rb")
-        except FileNotFoundError:
-            raise ImageLoadError(source, "no such file") from None
-        except IsADirectoryError:
-            raise ImageLoadError(source, "is a directory, not an image file") from None
-        except PermissionError:
-            raise ImageLoadError(source, "permission denied") from None
-        except (OSError, ValueError) as error:
-            raise ImageLoadError(source, f"cannot open: {error}") from None
-        if os.fstat(handle.fileno()).st_size == 0:
-            handle.close()
-            raise CorruptImageError(source, "empty file")
-        return source, handle
+        return source, io.BytesIO(read_file(source, max_pixels))
     if hasattr(image, "read"):
         source = describe(image)
-        try:
-            data = image.read()
-        except (OSError, ValueError) as error:
-            raise ImageLoadError(source, f"cannot read: {error}") from None
-        if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
-            raise ImageLoadError(source, "file is not opened in binary mode")
-        if not data:
-            raise CorruptImageError(source, "empty file")
-        return source, io.BytesIO(bytes(data))
+        return source, io.BytesIO(_bounded(source, _read_file_object, image, source))
     raise ImageLoadError(
         describe(image),
         "not an image input (expected a path, URL, bytes, binary file, numpy array or PIL image)",
     )
+
+
+def read_file(path, max_pixels=None):
+    """The bytes of the local file at ``path``, read within the fetch deadline.
+
+    A regular file is read whole, and refused when larger than ``max_file_bytes(max_pixels)``; a
+    FIFO or a device is read as a stream until its end, at most ``IMAGE_MATCH_FETCH_MAX_BYTES``.
+    Raises ImageLoadError naming ``path`` when it cannot be read, is empty, too large, or gives
+    nothing for the deadline (a FIFO nobody writes to, a stalled network file system).
+    """
+    source = os.fsdecode(path)
+    return _bounded(source, _read_path, source, max_file_bytes(max_pixels))
+
+
+def max_file_bytes(max_pixels=None):
+    """The largest file an image within the pixel limit (``max_pixels``, default
+    ``IMAGE_MATCH_MAX_IMAGE_PIXELS``) can take: 8 bytes a pixel (16-bit RGBA, uncompressed) and a
+    MiB of headers; None when there is no limit."""
+    if max_pixels is None:
+        max_pixels = _settings.get("MAX_IMAGE_PIXELS")
+    return max_pixels * _BYTES_PER_PIXEL + (1 << 20) if max_pixels else None
+
+
+def _deadline():
+    from .fetching import deadline_seconds
+
+    return deadline_seconds()
+
+
+def _bounded(source, function, *args):
+    """``function(*args, end)`` in a helper thread, waited for until ``end``: the fetch deadline
+    from now. ``end`` lets the function give up by itself where it can (a stream waits with a
+    timeout); where it cannot (open or read on a stalled network file system blocks in the
+    kernel, which no timeout or signal interrupts) the helper thread is left behind."""
+    deadline = _deadline()
+    end = time.monotonic() + deadline
+    try:
+        return _readers.run(function, (*args, end), deadline + 0.5)
+    except concurrent.futures.TimeoutError:
+        raise ImageLoadError(source, f"nothing could be read for {deadline:g} s (a FIFO or device "
+                                     "that gives nothing, or a stalled network file system)") from None
+
+
+def _read_path(source, limit, end):
+    try:
+        fd = os.open(source, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise ImageLoadError(source, "no such file") from None
+    except IsADirectoryError:
+        raise ImageLoadError(source, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageLoadError(source, "permission denied") from None
+    except (OSError, ValueError) as error:
+        raise ImageLoadError(source, f"cannot open: {getattr(error, 'strerror', None) or error}") from None
+    try:
+        status = os.fstat(fd)
+        mode = status.st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageLoadError(source, "is a directory, not an image file")
+        if not stat.S_ISREG(mode):
+            # A FIFO or a device: a stream, whose size nobody knows, read as a download is.
+            return _read_stream(fd, source, _file_kind(mode), end)
+        size = status.st_size
+        if size == 0:
+            raise CorruptImageError(source, "empty file")
+        if limit and size > limit:
+            raise ImageLoadError(source, f"too large ({size} bytes, more than an image within "
+                                         "IMAGE_MATCH_MAX_IMAGE_PIXELS can take)")
+        with open(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    except OSError as error:
+        raise ImageLoadError(source, f"cannot read: {error.strerror or error}") from None
+    finally:
+        os.close(fd)
+
+
+def _read_stream(fd, source, kind, end):
+    """Everything a FIFO or device gives until its end, waiting at most until ``end``."""
+    limit = _settings.get("FETCH_MAX_BYTES")
+    pieces, total = [], 0
+    while True:
+        try:
+            piece = os.read(fd, _PIECE)
+        except BlockingIOError:  # nothing yet, and a writer is there: wait for more
+            remaining = end - time.monotonic()
+            if remaining <= 0 or not _wait_readable(fd, remaining):
+                raise ImageLoadError(source, f"{kind}: nothing more came for "
+                                             f"{_deadline():g} s") from None
+            continue
+        if not piece:
+            break
+        pieces.append(piece)
+        total += len(piece)
+        if total > limit:
+            raise ImageLoadError(source, f"{kind}: more than {limit} bytes "
+                                         "(IMAGE_MATCH_FETCH_MAX_BYTES)")
+    if not total:
+        raise CorruptImageError(source, f"empty ({kind} with nothing written to it)")
+    return b"".join(pieces)
+
+
+def _wait_readable(fd, timeout):
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _read_file_object(handle, source, end):
+    """Everything a binary file object gives, at most ``IMAGE_MATCH_FETCH_MAX_BYTES``."""
+    limit = _settings.get("FETCH_MAX_BYTES")
+    pieces, total = [], 0
+    while True:
+        try:
+            piece = handle.read(_PIECE)
+        except (OSError, ValueError) as error:
+            raise ImageLoadError(source, f"cannot read: {error}") from None
+        if isinstance(piece, str) or not isinstance(piece, (bytes, bytearray, memoryview, type(None))):
+            raise ImageLoadError(source, "file is not opened in binary mode")
+        if not piece:
+            break
+        pieces.append(bytes(piece))
+        total += len(pieces[-1])
+        if total > limit:
+            raise ImageLoadError(source, f"more than {limit} bytes (IMAGE_MATCH_FETCH_MAX_BYTES)")
+        if time.monotonic() > end:
+            raise ImageLoadError(source, f"still reading after {_deadline():g} s")
+    if not total:
+        raise CorruptImageError(source, "empty file")
+    return b"".join(pieces)
+
+
+class _Readers:
+    """Daemon threads that run the reads of inputs, so that a caller can stop waiting for one.
+
+    A thread per read would cost more than reading a small image: threads are kept and reused.
+    One stuck in a read is simply not idle any more, and another is started for the next read; it
+    returns to the pool if its read ever ends. A forked child starts with no threads (the
+    parent's do not exist there).
+    """
+
+    def __init__(self):
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self):
+        self._lock = threading.Lock()
+        self._idle = []
+
+    def run(self, function, args, timeout):
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name="image-match-read",
+                             daemon=True).start()
+        future = concurrent.futures.Future()
+        inbox.put((function, args, future))
+        return future.result(timeout)
+
+    def _serve(self, inbox):
+        while True:
+            function, args, future = inbox.get()
+            try:
+                future.set_result(function(*args))
+            except BaseException as error:  # handed to the caller, who raises it
+                future.set_exception(error)
+            del function, args, future
+            with self._lock:
+                self._idle.append(inbox)
+
+
+_readers = _Readers()
 
 
 def _pil_reason(error):
@@ -263,6 +452,8 @@ def _pil_reason(error):
         return f"truncated image data ({message})" if message else "truncated image data"
     if isinstance(error, MemoryError):
         return "not enough memory to decode"
+    if "closed image" in message:
+        return "the image is closed (its pixels were never read, or released)"
     return f"corrupt or unsupported image data ({type(error).__name__}: {message})"
 
 
@@ -349,14 +540,36 @@ def _array_from_pil(image):
         return np.asarray(image.convert("RGBA"))
     if mode == "1":
         return np.asarray(image.convert("L"))
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit grey (PNG, TIFF). Pillow reads some as mode I (int32) holding 0-65535.
-        return np.clip(np.asarray(image, dtype=np.int64), 0, 65535).astype(np.uint16)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(image, dtype=np.uint16)
+    if mode == "I":
+        return _integer_grey(image)
     if mode == "F":
         return np.asarray(image, dtype=np.float64)
     if mode in ("RGBa", "La"):
         return np.asarray(image.convert("RGBA" if mode == "RGBa" else "LA"))
     return np.asarray(image.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def _integer_grey(image):
+    """A mode I (int32) image as uint8, uint16 or 0-1 float grey levels.
+
+    Mode I says nothing of the bit depth: older Pillows give it to 16-bit PNGs, a TIFF may
+    declare 16 or 32 bits, and an image made from an int32 array holds whatever it held (often
+    8-bit values). A depth the file declares (a PNG's 16 bits, a TIFF's BitsPerSample of 16) is
+    used; otherwise the values decide: 8-bit, 16-bit, or the whole 31-bit range (brought to 16
+    bits). Negative values are black.
+    """
+    values = np.clip(np.asarray(image, dtype=np.int64), 0, None)
+    bits = getattr(image, "tag_v2", {}).get(258, (None,))[0] if image.format == "TIFF" else None
+    if image.format == "PNG" or bits == 16:
+        return np.minimum(values, 65535).astype(np.uint16)
+    high = values.max(initial=0)
+    if high <= 255:
+        return values.astype(np.uint8)
+    if high <= 65535:
+        return values.astype(np.uint16)
+    return (values >> 15).astype(np.uint16)
 
 
 def _source_from_array(array, source, scale):
@@ -372,6 +585,9 @@ def _source_from_array(array, source, scale):
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise ImageLoadError(source, "contains NaN or infinite values")
+        if np.abs(array).max() > MAX_FLOAT_VALUE:
+            raise ImageLoadError(source, f"values beyond +-{MAX_FLOAT_VALUE:g} (grey levels are "
+                                         "0-1 or 0-255)")
     elif array.dtype not in (bool, np.uint8, np.uint16):
         raise ImageLoadError(
             source, f"unsupported dtype {array.dtype} (expected uint8, uint16, bool or float)"

@@ -8,6 +8,7 @@ layout their engine indexes best; they hand records back to the base class as ``
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -63,8 +64,30 @@ class Record:
 
 def default_id(path):
     """The id a record gets when none is given: a hash of its path, so that adding the same path
-    again replaces the record instead of adding a second one."""
-    return hashlib.blake2b(str(path).encode("utf-8"), digest_size=16).hexdigest()
+    again replaces the record instead of adding a second one.
+
+    The path is hashed as the bytes it names: a file name that is not valid UTF-8 (which Python
+    decodes with surrogate escapes) gets an id from its own bytes, like any other."""
+    return hashlib.blake2b(_path_bytes(path), digest_size=16).hexdigest()
+
+
+def record_path(path):
+    """The path a record keeps for ``path``: the path itself, or, for a file name that is not
+    valid UTF-8 (Python decodes such names with surrogate escapes, which no store can hold), the
+    name with each undecodable byte written ``\\xNN``."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return _path_bytes(path).decode("utf-8", "backslashreplace")
+
+
+def _path_bytes(path):
+    text = str(path)
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        return text.encode("utf-8", "surrogatepass")
 
 
 def content_id(data):
@@ -138,14 +161,22 @@ def unpack_windows(packed, length=648):
 
 
 def check_metadata(metadata, source):
-    """Metadata must be a JSON object (dict) or None; returns it as plain JSON data."""
+    """Metadata must be a JSON object (dict) or None; returns it as plain JSON data.
+
+    NaN and infinities are refused: JSON has no such numbers, so stored they would make an export
+    invalid JSON and every filtered search fail."""
     if metadata is None:
         return None
     if not isinstance(metadata, dict):
         raise InvalidParameterError(f"{source}: metadata must be a dict, not {type(metadata).__name__}")
     try:
-        return json.loads(json.dumps(metadata))
-    except (TypeError, ValueError) as error:
+        return json.loads(json.dumps(metadata, allow_nan=False))
+    except ValueError as error:
+        if "Out of range float" in str(error):
+            raise InvalidParameterError(f"{source}: metadata holds NaN or an infinity, which JSON "
+                                        "cannot hold") from None
+        raise InvalidParameterError(f"{source}: metadata is not JSON-serializable ({error})") from None
+    except (TypeError, RecursionError) as error:
         raise InvalidParameterError(f"{source}: metadata is not JSON-serializable ({error})") from None
 
 
@@ -168,6 +199,9 @@ def normalize_filter(pre_filter):
             raise InvalidParameterError(
                 f"pre_filter={pre_filter!r}: keys must be names and values strings, numbers or "
                 f"booleans (or lists of them)")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise InvalidParameterError(f"pre_filter={pre_filter!r}: NaN and infinities match "
+                                        "nothing stored (metadata cannot hold them)")
         normalized[key] = values
     return normalized
 

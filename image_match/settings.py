@@ -32,6 +32,7 @@ IMAGE_MATCH_SIGNATURE_KERNEL              ``numpy``: sign with the numpy referen
 ``image_match.tasks.config`` explains the ingestion settings' interplay.
 """
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from pathlib import Path
 from .errors import InvalidParameterError
 
 PREFIX = "IMAGE_MATCH_"
+MAX_SECONDS = 1e9  # below every platform's threading.TIMEOUT_MAX
 
 
 def default_database_url():
@@ -111,6 +113,10 @@ def get(name):
         except ValueError:
             raise InvalidParameterError(
                 f"{PREFIX}{name}={raw!r}: not a valid {convert.__name__}") from None
+        if isinstance(value, float) and not (math.isfinite(value) and value <= MAX_SECONDS):
+            # Timeouts and delays: infinity or NaN would reach sockets and locks as an error.
+            raise InvalidParameterError(
+                f"{PREFIX}{name}={raw!r}: must be a finite number of at most {MAX_SECONDS:g}")
         if minimum is not None and value < minimum:
             raise InvalidParameterError(f"{PREFIX}{name}={raw!r}: must be at least {minimum:g}")
     if name == "DATABASE" and value is None:

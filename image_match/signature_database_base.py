@@ -10,12 +10,15 @@ primitive                   what the driver does
                             trip; return per record None or the reason it was refused
 ``_candidates(words, ...)`` for each row of query words, the records sharing the most words (with
                             their signatures), filtered by a metadata filter; one round trip
-``_get(ids)``               the records with these ids ({id: Record})
+``_get(ids)``               the records with these ids ({id: Record}; a damaged record may be
+                            the DatabaseError naming it)
 ``_delete(ids)``            delete these ids; return how many existed
 ``_ids_with_path(path)``    ids and timestamps of the records whose path is exactly ``path``
-``_scan(batch_size)``       every record, in batches (for export and ``find_duplicates``)
+``_scan(batch_size)``       every record, in batches (for export and ``find_duplicates``); a
+                            damaged one as the DatabaseError naming it, and the scan goes on
 ``_page(after, limit)``     up to ``limit`` records after the cursor ``after`` in the store's
-                            own stable order, and the cursor of the last one (``records_page``)
+                            own stable order, and the cursor of the last one (``records_page``;
+                            a damaged record as in ``_scan``)
 ``_paths(offset, limit)``   the paths of the records at ``offset`` in that order (``paths``)
 ``count()``                 how many records
 ``_read_config()``          the store's recorded parameters, None for a new or 1.x store
@@ -87,7 +90,7 @@ from .goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, ORIENTATION_MARGIN, 
                        is_featureless, map_signing, query_margins, signature_variants)
 from .goldberg import normalized_distance as _normalized_distance
 from .loading import describe
-from .records import Record, check_metadata, default_id, normalize_filter, now
+from .records import Record, check_metadata, default_id, normalize_filter, now, record_path
 from .words import make_words, word_positions
 
 #: image-match 1.x's cutoff: a store constructed directly, or holding 1.x's documents, has it.
@@ -353,12 +356,13 @@ class SignatureDatabaseBase:
             never stops the others.
         """
         items = [_as_item(item) for item in items]
-        signed = self.sign_many([item.get("image", item["path"]) for item in items],
-                                workers=workers)
+        signed = self.sign_many([item.get("image", item["path"]) for item in items
+                                 if not isinstance(item, ImageMatchError)], workers=workers)
         results = []
-        for batch in _batches(zip(items, signed), batch_size):
+        for batch in _batches(items, batch_size):
             ready = []
-            for item, fields in batch:
+            for item in batch:
+                fields = item if isinstance(item, ImageMatchError) else next(signed)
                 if isinstance(fields, ImageMatchError):
                     results.append(fields)
                 else:
@@ -436,13 +440,15 @@ class SignatureDatabaseBase:
         path = item.get("path")
         if not isinstance(path, str) or not path:
             raise InvalidParameterError(f"{item.get('path')!r}: a record needs a path (a string)")
+        record_id = item.get("id") or (default_id(path) if self.ids == "path" else uuid.uuid4().hex)
+        path = record_path(path)
         if item.get("signature") is None:
             raise InvalidParameterError(f"{path}: a record needs a signature")
         # Their range is checked by add_signatures, for the whole batch at once.
         signature = self._code_array(item["signature"], (self.gis.sig_length,), path, "signature")
-        record_id = item.get("id") or (default_id(path) if self.ids == "path" else uuid.uuid4().hex)
-        if not isinstance(record_id, str):
-            raise InvalidParameterError(f"{path}: id must be a string, not {record_id!r}")
+        if not isinstance(record_id, str) or record_path(record_id) != record_id:
+            raise InvalidParameterError(f"{path}: id must be a string of valid UTF-8 text, not "
+                                        f"{record_id!r}")
         windows = item.get("windows")
         if windows is not None and self.crop_windows:
             shape = (len(self.crop_windows), self.gis.sig_length)
@@ -719,12 +725,14 @@ class SignatureDatabaseBase:
         record = self._get([id]).get(id)
         if record is None:
             raise RecordNotFoundError(f"{self.location}: no record with id {id!r}")
+        if isinstance(record, DatabaseError):  # damaged: what it holds cannot be read
+            raise record
         return record.as_dict()
 
     def get_many(self, ids):
         """The records with these ids, as ``{id: record}`` (absent ids are left out); one round
-        trip."""
-        return {record_id: record.as_dict() for record_id, record in self._get(list(ids)).items()}
+        trip. A damaged record's value is the DatabaseError that names it."""
+        return {record_id: _as_dict(record) for record_id, record in self._get(list(ids)).items()}
 
     def delete(self, id):
         """Delete the record with this id; True if there was one."""
@@ -732,13 +740,14 @@ class SignatureDatabaseBase:
 
     def delete_path(self, path):
         """Delete every record whose path is exactly ``path``; return how many there were."""
-        ids = [record_id for record_id, _ in self._ids_with_path(path)]
+        ids = [record_id for record_id, _ in self._ids_with_path(record_path(path))]
         return self._delete(ids) if ids else 0
 
     def delete_duplicates(self, path):
         """Keep one record of those whose path is exactly ``path`` (the earliest added), delete the
         others; return how many were deleted (1.x's method)."""
-        holders = sorted(self._ids_with_path(path), key=lambda pair: (pair[1] is None, pair[1]))
+        holders = sorted(self._ids_with_path(record_path(path)),
+                         key=lambda pair: (pair[1] is None, pair[1]))
         extra = [record_id for record_id, _ in holders[1:]]
         return self._delete(extra) if extra else 0
 
@@ -761,8 +770,9 @@ class SignatureDatabaseBase:
         Returns
         -------
         (list of dict, str or None)
-            The records as ``get`` returns them, and the cursor of the next page: None when
-            there are no more records. Records added or deleted meanwhile may or may not show.
+            The records as ``get`` returns them (a damaged record: the DatabaseError that names
+            it), and the cursor of the next page: None when there are no more records. Records
+            added or deleted meanwhile may or may not show.
 
         Raises
         ------
@@ -774,7 +784,7 @@ class SignatureDatabaseBase:
         if after is not None and (not isinstance(after, str) or not after):
             raise InvalidParameterError(f"after={after!r}: not a cursor of {self.location}")
         records, following = self._page(after, limit)
-        return [record.as_dict() for record in records], following
+        return [_as_dict(record) for record in records], following
 
     def paths(self, offset=0, limit=20):
         """The paths of ``limit`` records from the ``offset``-th on, in the order of
@@ -788,12 +798,13 @@ class SignatureDatabaseBase:
         return self._paths(offset, limit) if limit else []
 
     def iter_records(self, batch_size=1000):
-        """Every record, as ``get`` returns them, for export."""
+        """Every record, as ``get`` returns them, for export; in place of a damaged record (one
+        whose stored data cannot be read), the DatabaseError that names it."""
         for record in self._scan(batch_size):
-            yield record.as_dict()
+            yield _as_dict(record)
 
     def find_duplicates(self, distance_cutoff=None, size=None, batch_size=200,
-                        all_orientations=True, queries=None):
+                        all_orientations=True, queries=None, damaged=None):
         """Groups of near-duplicate images over the whole store.
 
         Every record is searched against the store with its stored signature; two records closer
@@ -814,6 +825,9 @@ class SignatureDatabaseBase:
             first row, with ``query_options``: its orientations, central crops, frames...; and
             ``query_margins``). A record that has them is searched with them instead of its
             signature's variants: as ``search_image`` would search its image.
+        damaged : list, optional
+            Receives the DatabaseError of each damaged record (one whose stored data cannot be
+            read), which is left out; without a list, each is given to ``warnings.warn``.
 
         Returns
         -------
@@ -835,7 +849,16 @@ class SignatureDatabaseBase:
                 node = parent[node]
             return node
 
-        for batch in _batches(self._scan(batch_size), batch_size):
+        def readable(records):
+            for record in records:
+                if not isinstance(record, DatabaseError):
+                    yield record
+                elif damaged is not None:
+                    damaged.append(record)
+                else:
+                    warnings.warn(str(record), RuntimeWarning, stacklevel=4)
+
+        for batch in _batches(readable(self._scan(batch_size)), batch_size):
             for record, found in zip(batch, self._search_records([searched(r) for r in batch],
                                                                  None, size, distance_cutoff)):
                 records.setdefault(record.id, record)
@@ -1017,6 +1040,10 @@ def pair_distances(head, records, searched):
     return np.minimum(forward, backward)
 
 
+def _as_dict(record):
+    return record if isinstance(record, DatabaseError) else record.as_dict()
+
+
 def _as_record(record):
     if isinstance(record, Record):
         return record
@@ -1130,9 +1157,10 @@ def _jsonable(value):
 
 
 def _as_item(item):
+    """An ``add_images`` item as a dict, or the InvalidParameterError that refuses it."""
     if isinstance(item, dict):
         if "path" not in item:
-            raise InvalidParameterError(f"{item!r}: an item needs a path")
+            return InvalidParameterError(f"{reprlib.repr(item)}: an item needs a path")
         return dict(item)
     if isinstance(item, str):
         return {"path": item}

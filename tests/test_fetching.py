@@ -156,7 +156,10 @@ def test_loopback_refused_without_allowlist(http_server, monkeypatch, jpeg, conn
     monkeypatch.delenv("IMAGE_MATCH_FETCH_ALLOWLIST", raising=False)
     url = http_server.serve_bytes("/a.jpg", jpeg)
     error = fetch_error(url)
-    assert str(error) == f"{url}: refused address 127.0.0.1 (loopback)"
+    # The reason says how to allow it, and where: the fetching process's environment.
+    assert str(error) == (f"{url}: refused address 127.0.0.1 (loopback); to allow it, add "
+                          "127.0.0.1 to IMAGE_MATCH_FETCH_ALLOWLIST in the environment of the "
+                          "process that fetches (for ingestion: the workers')")
     assert (error.transient, error.status, error.source) == (False, None, url)
     assert isinstance(error, ImageLoadError)
     assert connections == [] and http_server.hits("/a.jpg") == 0
@@ -213,7 +216,7 @@ def test_redirect_chain_is_followed(http_server, allow, jpeg):
 def test_redirect_to_a_refused_target_never_connects(http_server, allow, connections, target, reason):
     url = http_server.redirect("/r", target)
     error = fetch_error(url)
-    assert str(error) == f"{url}: redirected to {target}: {reason}"
+    assert str(error).startswith(f"{url}: redirected to {target}: {reason}")
     assert not error.transient
     assert connections == [["127.0.0.1"]]  # the first hop only
 
@@ -222,7 +225,9 @@ def test_redirect_to_a_loopback_server_outside_the_allowlist(http_server, allow,
     with HTTPTestServer(host="127.0.0.2") as other:
         target = other.serve_bytes("/secret.jpg", jpeg)
         error = fetch_error(http_server.redirect("/r", target))
-        assert error.reason == f"redirected to {target}: refused address 127.0.0.2 (loopback)"
+        assert error.reason.startswith(
+            f"redirected to {target}: refused address 127.0.0.2 (loopback); to allow it, add "
+            "127.0.0.2 to IMAGE_MATCH_FETCH_ALLOWLIST")
         assert other.hits("/secret.jpg") == 0
 
 

@@ -45,6 +45,8 @@ def test_a_line_is_an_item(line, item):
     ('{"url": 7}', 'needs "url"'),
     ('{"url": "http://x/a.jpg", "id": 7}', '"id" must be a non-empty string'),
     ('{"url": "http://x/a.jpg", "metadata": [1]}', '"metadata" must be a JSON object'),
+    ('{"url": "http://x/a.jpg", "metadata": {"x": NaN}}', "NaN is not a JSON number"),
+    ('{"url": "http://x/a.jpg", "metadata": {"x": -Infinity}}', "-Infinity is not a JSON number"),
 ])
 def test_a_bad_line_says_why(line, reason):
     with pytest.raises(ValueError, match=reason):
@@ -370,3 +372,38 @@ def test_job_json_and_exit_status(jobs, redis_url, monkeypatch):
     assert status["failures"][0]["reason"] == "HTTP 404 Not Found"
     result = CliRunner().invoke(job_command, [job, "--allow-failures"])
     assert result.exit_code == 0 and "line 2: u: HTTP 404 Not Found" in result.output
+
+
+def test_ingested_paths_are_absolute_and_may_be_any_bytes(jobs, redis_url, tmp_path,
+                                                          monkeypatch):
+    """Relative paths are made absolute from where `ingest` runs, as `add` stores them (the
+    workers run elsewhere); a line that is not UTF-8 (a Latin-1 file name) is a path like any."""
+    import os
+    import shutil
+
+    from click.testing import CliRunner
+
+    from image_match.tasks.cli import ingest
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    shutil.copy(photos()[0], pics / "a.jpg")
+    latin1 = os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(photos()[1], os.path.join(pics, latin1))
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"pics/a.jpg\npics/caf\xe9.jpg\n")
+    database = f"sqlite:///{tmp_path / 'images.db'}"
+    monkeypatch.setenv("IMAGE_MATCH_BROKER_URL", redis_url)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(ingest, [str(listing), "--db", database, "--json"])
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.output)["job"]
+    (payload,) = [json.loads(v) for v in jobs.client.hvals(f"image-match:job:{job}:batches")]
+    sources = [item["source"] for item in payload["items"]]
+    assert sources == [str(pics / "a.jpg"), os.path.join(pics, latin1)]
+
+    monkeypatch.chdir("/")  # a worker, elsewhere
+    summary = batch.ingest(job, database, payload["items"], 0, jobs, lambda *_: None)
+    assert summary["stored"] == 2, jobs.failures(job)
+    stored = sorted(r["path"] for r in open_database(database).iter_records())
+    assert stored == [str(pics / "a.jpg"), f"{pics}/caf\\xe9.jpg"]

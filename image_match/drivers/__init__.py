@@ -4,6 +4,8 @@
 URL                                               store
 ================================================  ===============================================
 ``sqlite:///images.db``, ``sqlite:////abs/x.db``   ``SignatureSQLite``: one file, no server
+                                                   (``images.db`` relative, ``/abs/x.db``
+                                                   absolute)
 ``http(s)://[user:pass@]host:port/index``          ``SignatureES`` on Elasticsearch 7/8/9 or
                                                    OpenSearch 1/2/3, detected from ``GET /``
 ================================================  ===============================================
@@ -46,6 +48,44 @@ NEW_STORE_DEFAULTS = {
 }
 
 
+_FORMS = "expected sqlite:///file.db or http(s)://host:port/index"
+
+
+def parse_database_url(url):
+    """``("sqlite", path)`` or ``("search", url)`` for a store URL, or InvalidParameterError.
+
+    An SQLite URL names its file after ``sqlite://`` and an empty host (or ``localhost``), as
+    SQLAlchemy's do: ``sqlite:///images.db`` is relative, ``sqlite:////srv/images.db`` absolute.
+    ``sqlite:images.db`` and ``sqlite:/srv/images.db`` are refused: read loosely, both would name
+    a file relative to wherever the command runs.
+    """
+    if not isinstance(url, str) or not url:
+        raise InvalidParameterError(f"database URL {url!r}: {_FORMS}")
+    try:
+        parts = urlsplit(url)
+        parts.port
+    except ValueError as error:  # an unclosed IPv6 bracket, a port that is not a number
+        raise InvalidParameterError(f"{url}: not a valid URL ({error}); {_FORMS}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        if not url[len("sqlite:"):].startswith("//"):
+            raise InvalidParameterError(
+                f"{url}: an SQLite URL starts with sqlite:// and an empty host: sqlite:///"
+                "relative.db or sqlite:////absolute/path.db")
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidParameterError(f"{url}: an sqlite URL has no host: sqlite:///relative.db "
+                                        "or sqlite:////absolute/path.db")
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        if not path:
+            raise InvalidParameterError(f"{url}: no file name (sqlite:///images.db)")
+        if "\x00" in path:
+            raise InvalidParameterError(f"{url!r}: a file name cannot hold a NUL character")
+        return "sqlite", path
+    if scheme in ("http", "https"):
+        return "search", url  # parsed by the driver, which knows credentials and prefixes
+    raise InvalidParameterError(f"{url}: unsupported store ({_FORMS})")
+
+
 def open_database(url, **kwargs):
     """Open (creating it if needed) the store at ``url``; ``kwargs`` go to the driver.
 
@@ -55,31 +95,18 @@ def open_database(url, **kwargs):
     Raises
     ------
     InvalidParameterError
-        The URL is not one of the forms above.
+        The URL is not one of the forms above (``parse_database_url``).
     DatabaseError
         The store cannot be reached or opened; the message names the URL.
     """
-    if not isinstance(url, str) or not url:
-        raise InvalidParameterError(f"database URL {url!r}: expected sqlite:///file.db or "
-                                    "http(s)://host:port/index")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "sqlite":
-        if parts.netloc not in ("", "localhost"):
-            raise InvalidParameterError(f"{url}: an sqlite URL has no host: sqlite:///relative.db "
-                                        "or sqlite:////absolute/path.db")
-        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-        if not path:
-            raise InvalidParameterError(f"{url}: no file name (sqlite:///images.db)")
+    kind, target = parse_database_url(url)
+    if kind == "sqlite":
         from .sqlite import SignatureSQLite
 
-        return SignatureSQLite(path, **_with_defaults(kwargs))
-    if scheme in ("http", "https"):
-        from .elasticsearch import open_search_engine
+        return SignatureSQLite(target, **_with_defaults(kwargs))
+    from .elasticsearch import open_search_engine
 
-        return open_search_engine(url, **_with_defaults(kwargs))
-    raise InvalidParameterError(
-        f"{url}: unsupported store (expected sqlite:///file.db or http(s)://host:port/index)")
+    return open_search_engine(target, **_with_defaults(kwargs))
 
 
 def _with_defaults(kwargs):

@@ -548,7 +548,10 @@ class SignatureES(SignatureDatabaseBase):
     def _scan(self, batch_size):
         query = {"query": {"match_all": {}}, "_source": {"excludes": self._not_returned()}}
         for hit in self._client.scan(query, size=batch_size):
-            yield from self._from_hits([hit])
+            try:
+                yield from self._from_hits([hit])
+            except DatabaseError as error:  # a damaged document: named, and the scan goes on
+                yield error
 
     def _order(self):
         """The field records are listed in the order of: ``id``'s doc values in the indices made

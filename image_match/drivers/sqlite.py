@@ -20,20 +20,24 @@ the same transaction, so a record is in the store whole or not at all.
 """
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
 
 from ..errors import DatabaseError, InvalidParameterError
-from ..records import (Record, indexed_window_words, pack_signatures, pack_windows,
+from ..records import (Record, indexed_window_words, pack_signatures, pack_windows, packed_size,
                        unpack_signatures, unpack_windows)
 from ..signature_database_base import SignatureDatabaseBase, scored_candidates
 from ..words import make_words
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 # "IMM2": marks the file as an image-match store (PRAGMA application_id).
@@ -94,6 +98,7 @@ class SignatureSQLite(SignatureDatabaseBase):
         self._lock = threading.RLock()
         self._connection = None
         self._pid = None
+        self.read_only = False
         self._open(create=create)
 
     @property
@@ -123,21 +128,60 @@ class SignatureSQLite(SignatureDatabaseBase):
         return self._connection
 
     def _new_connection(self):
-        connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                     check_same_thread=False)
+        connection = self._open_file()
         try:
             application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-            if application_id not in (0, APPLICATION_ID):
-                raise DatabaseError(f"{self.location}: an SQLite file of another application")
-            connection.execute("PRAGMA journal_mode=WAL")
-            # WAL with synchronous=NORMAL cannot corrupt the file; a power cut may lose the
-            # last transactions, which bulk ingestion redelivers anyway.
-            connection.execute("PRAGMA synchronous=NORMAL")
+            # Only our own files, or an empty one to make ours: checked before anything is
+            # written, so that another program's database is never touched.
+            if application_id != APPLICATION_ID and (
+                    application_id != 0 or connection.execute(
+                        "SELECT COUNT(*) FROM sqlite_master").fetchone()[0]):
+                raise DatabaseError(f"{self.location}: not an image-match store (an SQLite file "
+                                    "of another application); choose another file")
+            if not self.read_only:
+                connection.execute("PRAGMA journal_mode=WAL")
+                # WAL with synchronous=NORMAL cannot corrupt the file; a power cut may lose the
+                # last transactions, which bulk ingestion redelivers anyway.
+                connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA cache_size=-65536")  # 64 MiB
         except BaseException:
             connection.close()
             raise
         return connection
+
+    def _open_file(self):
+        """A connection to the file; read-only when it or its folder cannot be written (a
+        read-only mount, another user's store), which searching and reading need not do."""
+        if self.path != ":memory:" and os.path.exists(self.path) and not (
+                os.access(self.path, os.W_OK)
+                and os.access(os.path.dirname(os.path.abspath(self.path)), os.W_OK)):
+            self.read_only = True
+        if not self.read_only:
+            connection = self._sqlite_connect(self.path)
+            try:
+                connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return connection
+            except sqlite3.OperationalError as error:
+                connection.close()
+                if not (_is_read_only(error) and os.path.exists(self.path)):
+                    raise
+            self.read_only = True
+        # A WAL file needs its -shm beside it: without a writable folder to create it in,
+        # SQLite can still read the file as immutable (nothing can write it there either).
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path))
+        for options in ("mode=ro", "immutable=1"):
+            connection = self._sqlite_connect(f"{uri}?{options}", uri=True)
+            try:
+                connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return connection
+            except sqlite3.OperationalError as error:
+                connection.close()
+                if options == "immutable=1" or not _is_read_only(error):
+                    raise
+
+    def _sqlite_connect(self, target, uri=False):
+        return sqlite3.connect(target, timeout=self.timeout, isolation_level=None,
+                               check_same_thread=False, uri=uri)
 
     @contextmanager
     def _reading(self):
@@ -152,6 +196,9 @@ class SignatureSQLite(SignatureDatabaseBase):
         """One write transaction: all of it is stored, or none of it."""
         with self._lock:
             connection = self._connect()
+            if self.read_only:
+                raise DatabaseError(f"{self.location}: read-only (the file or its folder cannot "
+                                    "be written)")
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 try:
@@ -190,7 +237,16 @@ class SignatureSQLite(SignatureDatabaseBase):
                 raise DatabaseError(f"{self.location}: schema version {version} is newer than this "
                                     f"image-match knows ({SCHEMA_VERSION}); upgrade image-match")
             row = connection.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
-        return json.loads(row[0]) if row else None
+        if not row:
+            return None
+        try:
+            config = json.loads(row[0])
+        except (TypeError, ValueError):
+            config = None
+        if not isinstance(config, dict) or not {"k", "N", "signature"} <= config.keys():
+            raise DatabaseError(f"{self.location}: the store's configuration (table meta) is "
+                                "damaged: not the JSON image-match wrote")
+        return config
 
     def _create(self, config):
         with self._writing() as connection:
@@ -202,8 +258,11 @@ class SignatureSQLite(SignatureDatabaseBase):
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def drop(self):
-        """Delete every record and the store's tables (the file itself stays, empty)."""
+        """Delete every record and the store's tables (the file itself stays, empty). Only a
+        file marked as an image-match store is opened, so only image-match's tables go."""
         with self._writing() as connection:
+            if connection.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                raise DatabaseError(f"{self.location}: not an image-match store; nothing dropped")
             for table in ("words", "records", "meta"):
                 connection.execute(f"DROP TABLE IF EXISTS {table}")
             connection.execute("PRAGMA user_version = 0")
@@ -254,6 +313,15 @@ class SignatureSQLite(SignatureDatabaseBase):
                 f"SELECT {columns} FROM records WHERE id IN ({_marks(chunk)})", chunk).fetchall()
         if not found:
             return []
+        damaged = [rowid for rowid, signature, packed in found
+                   if not self._whole(signature) or not self._whole_windows(packed)]
+        for rowid in damaged:
+            # Its words cannot be recomputed from what it holds: a scan of the index finds them.
+            connection.execute("DELETE FROM words WHERE record = ?", (rowid,))
+        rowids = [rowid for rowid, _, _ in found]
+        found = [row for row in found if row[0] not in damaged]
+        if not found:
+            return rowids
         signatures = unpack_signatures([signature for _, signature, _ in found], self.gis.sig_length)
         windows = [unpack_windows(packed, self.gis.sig_length) for _, _, packed in found]
         words, owners = _indexed_words(
@@ -263,7 +331,7 @@ class SignatureSQLite(SignatureDatabaseBase):
         pairs = set(zip(self._word_keys(words).ravel().tolist(),
                         np.repeat(owners, words.shape[1]).tolist()))
         connection.executemany("DELETE FROM words WHERE word = ? AND record = ?", pairs)
-        return [rowid for rowid, _, _ in found]
+        return rowids
 
     def _candidates(self, words, size, pre_filter):
         keys = self._word_keys(np.asarray(words, dtype=np.int64))
@@ -285,33 +353,68 @@ class SignatureSQLite(SignatureDatabaseBase):
 
     def _ranked(self, connection, hits):
         """The candidate lists of ``hits`` (per query signature, ``[(rowid, shared words)]``, most
-        shared first) as records (``scored_candidates``), each read once per search."""
-        fetched = dict(self._fetch(connection, "rowid",
-                                   list({rowid for found in hits for rowid, _ in found})))
+        shared first) as records (``scored_candidates``), each read once per search. A damaged
+        record cannot be compared: it is left out, and logged."""
+        fetched = {}
+        for rowid, _, record in self._fetch(connection, "rowid",
+                                            list({rowid for found in hits for rowid, _ in found})):
+            if isinstance(record, DatabaseError):
+                log.warning("%s (left out of a search)", record)
+            else:
+                fetched[rowid] = record
         return scored_candidates([[(rowid, float(shared)) for rowid, shared in found]
                                   for found in hits], fetched)
 
     def _fetch(self, connection, column, keys):
-        """``[(rowid, Record)]`` for the rows whose ``column`` is in ``keys``."""
+        """``[(rowid, id, Record)]`` for the rows whose ``column`` is in ``keys``; a damaged row
+        (a signature or windows of the wrong size, metadata that is not JSON) has a
+        DatabaseError naming it in place of its Record."""
         rows = []
         windows = "windows" if self.crop_windows else "NULL"
         for chunk in _chunks(keys, 500):
             rows += connection.execute(
                 f"SELECT rowid, id, path, signature, metadata, timestamp, {windows} FROM records "
                 f"WHERE {column} IN ({_marks(chunk)})", chunk).fetchall()
-        if not rows:
-            return []
-        signatures = unpack_signatures([row[3] for row in rows], self.gis.sig_length)
-        return [(rowid, Record(id=record_id, path=path, signature=signature,
-                               metadata=None if metadata is None else json.loads(metadata),
-                               timestamp=datetime.fromtimestamp(timestamp, timezone.utc),
-                               windows=unpack_windows(packed, self.gis.sig_length)))
-                for (rowid, record_id, path, _, metadata, timestamp, packed), signature
-                in zip(rows, signatures)]
+        whole = [row for row in rows if self._whole(row[3])]
+        signatures = dict(zip((row[0] for row in whole), unpack_signatures(
+            [row[3] for row in whole], self.gis.sig_length))) if whole else {}
+        return [(row[0], row[1], self._record_of(row, signatures.get(row[0]))) for row in rows]
+
+    def _record_of(self, row, signature):
+        rowid, record_id, path, _, metadata, timestamp, packed = row
+        problem = None
+        if signature is None:
+            problem = "its signature is damaged (not the packed size of this store's)"
+        elif not self._whole_windows(packed):
+            problem = "its crop windows are damaged (not the packed size of this store's)"
+        else:
+            try:
+                metadata = None if metadata is None else _strict_json(metadata)
+                if metadata is not None and not isinstance(metadata, dict):
+                    raise ValueError("not an object")
+            except (TypeError, ValueError) as error:
+                problem = f"its metadata is damaged (not a JSON object: {error})"
+        if problem is None:
+            try:
+                return Record(id=record_id, path=path, signature=signature, metadata=metadata,
+                              timestamp=datetime.fromtimestamp(timestamp, timezone.utc),
+                              windows=unpack_windows(packed, self.gis.sig_length))
+            except (TypeError, ValueError, OverflowError, OSError):
+                problem = "its timestamp is damaged"
+        return DatabaseError(f"{self.location}: record {record_id!r} ({path}) cannot be read: "
+                             f"{problem}")
+
+    def _whole(self, packed):
+        return isinstance(packed, bytes) and len(packed) == packed_size(self.gis.sig_length)
+
+    def _whole_windows(self, packed):
+        return packed is None or (isinstance(packed, bytes) and len(packed) and
+                                  len(packed) % packed_size(self.gis.sig_length) == 0)
 
     def _get(self, ids):
         with self._reading() as connection:
-            return {record.id: record for _, record in self._fetch(connection, "id", list(ids))}
+            return {record_id: record
+                    for _, record_id, record in self._fetch(connection, "id", list(ids))}
 
     def _delete(self, ids):
         with self._writing() as connection:
@@ -335,9 +438,9 @@ class SignatureSQLite(SignatureDatabaseBase):
                     (last, batch_size))]
                 if not rowids:
                     return
-                batch = sorted(self._fetch(connection, "rowid", rowids), key=lambda pair: pair[0])
+                batch = sorted(self._fetch(connection, "rowid", rowids), key=lambda row: row[0])
             last = rowids[-1]
-            for _, record in batch:
+            for _, _, record in batch:
                 yield record
 
     def _page(self, after, limit):
@@ -353,9 +456,9 @@ class SignatureSQLite(SignatureDatabaseBase):
                 "SELECT rowid FROM records WHERE rowid > ? ORDER BY rowid LIMIT ?",
                 (last, limit + 1))]
             batch = sorted(self._fetch(connection, "rowid", rowids[:limit]),
-                           key=lambda pair: pair[0])
+                           key=lambda row: row[0])
         following = str(rowids[limit - 1]) if len(rowids) > limit else None
-        return [record for _, record in batch], following
+        return [record for _, _, record in batch], following
 
     def _paths(self, offset, limit):
         with self._reading() as connection:
@@ -427,6 +530,20 @@ def _filter_sql(pre_filter):
                 parameters += [path, *types, path, value]
         clauses.append("(" + " OR ".join(options) + ")")
     return " AND ".join(clauses), parameters
+
+
+def _strict_json(text):
+    """JSON as SQLite's JSON functions read it: NaN and infinities are not JSON."""
+    return json.loads(text, parse_constant=_not_json)
+
+
+def _not_json(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _is_read_only(error):
+    message = str(error)
+    return "readonly" in message or "unable to open database file" in message
 
 
 def _is_busy(error):

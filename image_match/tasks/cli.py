@@ -41,7 +41,9 @@ def _jobs():
 
 
 @click.command()
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+# A line that is not UTF-8 (a file name in a legacy encoding) keeps its bytes as surrogate escapes,
+# as Python gives file names: such a path is still read, and stored with its bytes written \xNN.
+@click.argument("file", type=click.File("r", encoding="utf-8", errors="surrogateescape"))
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=DEFAULT_BATCH_SIZE,
               show_default=True, help="Images per task (one store round trip each).")
 @click.option("--wait", is_flag=True, help="Show progress until the job ends, then its failures.")

@@ -1,5 +1,6 @@
 """A job from lines of input: each line a URL or path, or a JSON object with ``url`` (or
-``path``) and optionally ``id`` and ``metadata``; batches of items sent to the workers.
+``path``) and optionally ``id`` and ``metadata``; batches of items sent to the workers. A relative
+path is made absolute here (from the submitter's directory), as ``image-match add`` stores it.
 
 An item is known by its line number. A line that is not an item (bad JSON, no ``url``, an ``id``
 that is not a string) is recorded as a failure of the job at once, with its reason, like any item
@@ -29,7 +30,7 @@ def parse_line(line):
     if not text.startswith("{"):
         return {"source": text}
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except ValueError as error:
         raise ValueError(f"not valid JSON ({error})") from None
     if not isinstance(value, dict):
@@ -47,6 +48,18 @@ def parse_line(line):
             raise ValueError('"metadata" must be a JSON object')
         item["metadata"] = value["metadata"]
     return item
+
+
+def _not_json(constant):
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def absolute_path(source):
+    """A local path made absolute, as ``image-match add`` stores it: workers do not run in the
+    submitter's directory. URLs stay as they are."""
+    if source.lower().startswith(("http://", "https://")):
+        return source
+    return os.path.abspath(source)
 
 
 def absolute_sqlite(database):
@@ -115,7 +128,7 @@ def submit(lines, database=None, batch_size=DEFAULT_BATCH_SIZE, source="", app=N
                                        "status": None, "attempts": 0}
                         continue
                     if item is not None:
-                        batch.append(dict(item, line=number))
+                        batch.append(dict(item, source=absolute_path(item["source"]), line=number))
                     if len(batch) >= batch_size or len(bad) >= batch_size:
                         send()
                         batch, bad = [], {}
