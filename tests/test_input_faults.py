@@ -23,7 +23,6 @@ from PIL import Image
 from image_match import loading
 from image_match.cli import main
 from image_match.drivers import open_database
-from image_match.drivers.sqlite import SignatureSQLite
 from image_match.errors import ImageLoadError, InvalidParameterError
 from image_match.fetching import fetch
 from image_match.goldberg import ImageSignature, is_featureless, normalized_distance
@@ -170,7 +169,7 @@ def test_every_command_that_reads_images_goes_on_past_a_stalled_fifo(fast, stall
 @pytest.mark.parametrize("workers", [1, 2])
 def test_add_images_goes_on_past_fifos(fast, stalled_fifo, tmp_path, workers):
     os.mkfifo(tmp_path / "unwritten.jpg")
-    db = SignatureSQLite(":memory:")
+    db = open_database("sqlite:///:memory:")
     started = time.monotonic()
     results = db.add_images([str(PHOTO), str(stalled_fifo), str(tmp_path / "unwritten.jpg")],
                             workers=workers)
@@ -189,7 +188,7 @@ def test_add_images_reports_bad_pil_images_and_items_per_item(tmp_path, workers)
     lazy = Image.open(truncated)  # read only when signed: then the file is found truncated
     closed = Image.open(PHOTO)
     closed.close()
-    db = SignatureSQLite(":memory:")
+    db = open_database("sqlite:///:memory:")
     results = db.add_images([lazy, closed, {"image": str(PHOTO)}, str(PHOTO),
                              {"path": "whole", "image": Image.open(PHOTO)}], workers=workers)
     assert isinstance(results[0], ImageLoadError) and "truncated" in results[0].reason
@@ -221,7 +220,7 @@ def latin1_folder(tmp_path):
 
 def test_the_api_stores_and_deletes_names_that_are_not_utf8(latin1_folder):
     path = os.path.join(latin1_folder, LATIN1_NAME)
-    db = SignatureSQLite(":memory:")
+    db = open_database("sqlite:///:memory:")
     results = db.add_images([str(latin1_folder / "a.jpg"), path, {"path": path, "id": "x"}],
                             workers=1)
     assert results == [default_id(str(latin1_folder / "a.jpg")), default_id(path), "x"]
@@ -327,7 +326,7 @@ def test_large_but_sane_float_values_sign_finitely():
 
 @pytest.mark.parametrize("metadata", [{"x": float("nan")}, {"x": {"y": [float("inf")]}}])
 def test_metadata_holding_nan_is_refused_at_the_door(metadata):
-    db = SignatureSQLite(":memory:")
+    db = open_database("sqlite:///:memory:")
     with pytest.raises(InvalidParameterError, match="NaN or an infinity"):
         db.add_image(str(PHOTO), metadata=metadata)
     signature = db.sign(str(PHOTO))["signature"]

@@ -22,7 +22,6 @@ from click.testing import CliRunner
 from image_match.cli import main
 from image_match import drivers
 from image_match.drivers import open_database
-from image_match.drivers.sqlite import SignatureSQLite
 from image_match.errors import DatabaseError, InvalidParameterError
 from image_match.records import default_id
 
@@ -61,7 +60,7 @@ def test_another_programs_file_is_refused_before_anything_is_written(foreign):
     assert digest(foreign) == before  # not even switched to WAL
     assert sorted(os.listdir(foreign.parent)) == ["other.db"]
     with pytest.raises(DatabaseError, match="not an image-match store"):
-        SignatureSQLite(foreign)
+        open_database(f"sqlite:///{foreign}")
     rows = sqlite3.connect(foreign).execute("SELECT * FROM meta").fetchall()
     assert rows == [("owner", "someone else")]
 
@@ -73,13 +72,13 @@ def test_an_empty_file_becomes_a_store(tmp_path, made):
         path.touch()
     else:
         sqlite3.connect(path).execute("PRAGMA user_version = 0").close()
-    SignatureSQLite(path).add_image(str(PHOTO))
-    assert SignatureSQLite(path).count() == 1
+    open_database(f"sqlite:///{path}").add_image(str(PHOTO))
+    assert open_database(f"sqlite:///{path}").count() == 1
 
 
 def test_drop_drops_only_a_store_that_is_ours(tmp_path):
     path = tmp_path / "s.db"
-    store = SignatureSQLite(path)
+    store = open_database(f"sqlite:///{path}")
     store.add_image(str(PHOTO))
     # Another program takes the file over (its mark replaces ours) while the store is open.
     with sqlite3.connect(path) as connection:
@@ -96,7 +95,7 @@ def damaged(tmp_path):
     """A store of 4 photos, 2 damaged behind its back: metadata that is not JSON, a short
     signature; and one holding NaN, which an older image-match let in."""
     path = tmp_path / "s.db"
-    store = SignatureSQLite(path)
+    store = open_database(f"sqlite:///{path}")
     chosen = [str(p) for p in photos()[:5]]
     assert all(isinstance(r, str) for r in store.add_images(chosen, workers=1))
     ids = [default_id(p) for p in chosen]
@@ -104,7 +103,7 @@ def damaged(tmp_path):
         connection.execute("UPDATE records SET metadata = '{not json' WHERE id = ?", (ids[0],))
         connection.execute("UPDATE records SET signature = x'0102' WHERE id = ?", (ids[1],))
         connection.execute("""UPDATE records SET metadata = '{"x": NaN}' WHERE id = ?""", (ids[2],))
-    return SignatureSQLite(path), ids, chosen
+    return open_database(f"sqlite:///{path}"), ids, chosen
 
 
 def test_a_damaged_record_is_a_database_error_naming_it(damaged):
@@ -160,12 +159,12 @@ def test_export_and_dedupe_name_damaged_records_and_go_on(damaged, tmp_path):
 
 def test_a_damaged_configuration_is_a_database_error(tmp_path):
     path = tmp_path / "s.db"
-    SignatureSQLite(path).add_image(str(PHOTO))
+    open_database(f"sqlite:///{path}").add_image(str(PHOTO))
     for value in ("{not json", '"a string"', '{"k": 16}'):
         with sqlite3.connect(path) as connection:
             connection.execute("UPDATE meta SET value = ? WHERE key = 'config'", (value,))
         with pytest.raises(DatabaseError, match=r"configuration \(table meta\) is damaged"):
-            SignatureSQLite(path)
+            open_database(f"sqlite:///{path}")
         result = run("count", "--db", f"sqlite:///{path}")
         assert result.exit_code == 1 and "is damaged" in result.stderr
 
@@ -184,7 +183,7 @@ def test_a_store_on_a_read_only_mount_can_be_searched(tmp_path):
     permissions; a read-only mount it cannot ignore)."""
     folder = tmp_path / "ro"
     folder.mkdir()
-    store = SignatureSQLite(folder / "s.db")
+    store = open_database(f"sqlite:///{folder / 's.db'}")
     store.add_images([str(p) for p in photos()[:3]], workers=1)
     store.close()
     db = f"sqlite:///{folder / 's.db'}"
@@ -204,13 +203,13 @@ def test_a_store_on_a_read_only_mount_can_be_searched(tmp_path):
 def test_a_store_file_that_cannot_be_written_can_be_searched(tmp_path):
     """chattr +i: a file not even root may write."""
     path = tmp_path / "s.db"
-    store = SignatureSQLite(path)
+    store = open_database(f"sqlite:///{path}")
     store.add_images([str(p) for p in photos()[:3]], workers=1)
     store.close()
     if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", path]).returncode:
         pytest.skip("chattr +i is not available here")
     try:
-        reader = SignatureSQLite(path, create=False)
+        reader = open_database(f"sqlite:///{path}", create=False)
         assert reader.read_only and reader.count() == 3
         assert reader.search_image(str(photos()[1]))[0]["path"] == str(photos()[1])
         with pytest.raises(DatabaseError, match="read-only"):
