@@ -19,8 +19,11 @@ IMAGE_MATCH_FETCH_MAX_REDIRECTS           redirects followed before giving up   
 IMAGE_MATCH_FETCH_ALLOWLIST               host names and CIDR ranges allowed although      (empty)
                                           private, loopback or reserved (comma-separated)
 IMAGE_MATCH_FETCH_PER_HOST_CONCURRENCY    simultaneous fetches per host in one process     4
-IMAGE_MATCH_VISIBILITY_TIMEOUT            seconds before a batch taken by a worker that     600
-                                          never settled it is delivered again
+IMAGE_MATCH_VISIBILITY_TIMEOUT            the longest a batch may run; the broker delivers  600
+                                          again a message unsettled for this long
+IMAGE_MATCH_INGEST_LEASE                  seconds a worker holds a batch without renewing   30
+                                          its lease: a dead worker's batches come back
+                                          after this (a live one renews every third of it)
 IMAGE_MATCH_INGEST_THREADS                downloads at a time per ingestion worker process  8
 IMAGE_MATCH_INGEST_MAX_RETRIES            retries of a transient ingestion failure          8
 IMAGE_MATCH_INGEST_RETRY_DELAY            seconds before the first retry (then doubled)     2
@@ -62,6 +65,7 @@ class Settings:
     fetch_allowlist: tuple
     fetch_per_host_concurrency: int
     visibility_timeout: float
+    ingest_lease: float
     ingest_threads: int
     ingest_max_retries: int
     ingest_retry_delay: float
@@ -91,6 +95,7 @@ _VARIABLES = {
     "FETCH_ALLOWLIST": ((), _split_list, "fetch_allowlist", None),
     "FETCH_PER_HOST_CONCURRENCY": (4, int, "fetch_per_host_concurrency", 0),
     "VISIBILITY_TIMEOUT": (600.0, float, "visibility_timeout", 1),
+    "INGEST_LEASE": (30.0, float, "ingest_lease", 3),
     "INGEST_THREADS": (8, int, "ingest_threads", 1),
     "INGEST_MAX_RETRIES": (8, int, "ingest_max_retries", 0),
     "INGEST_RETRY_DELAY": (2.0, float, "ingest_retry_delay", 0),

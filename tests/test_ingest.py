@@ -5,6 +5,7 @@ runs real Celery workers)."""
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -118,6 +119,36 @@ def test_the_ledger_hands_back_batches_that_were_lost(jobs):
     jobs.finish(job, "b2", failed={2: failure("HTTP 404 Not Found")})
     assert jobs.status(job).state == "finished"
     assert jobs.reap(job, queue, grace=0) == [] and job not in jobs.active()
+
+
+def test_a_worker_renews_the_leases_of_what_it_holds(jobs):
+    job, queue = uuid.uuid4().hex, f"queue-{uuid.uuid4().hex}"
+    jobs.create(job, "sqlite:///x.db", "urls.txt")
+    for batch in ("running", "waiting", "follow-up", "done"):
+        jobs.add_batch(job, batch, [{"line": 1, "source": "u"}], "sqlite:///x.db")
+    jobs.start(job, "running", lease=-1)  # its lease ran out...
+    jobs.finish(job, "done", done=[1])
+    jobs.finish(job, follow_ups=[("follow-up", time.time() + 100, [], 1, "sqlite:///x.db")])
+    jobs.client.zadd(f"image-match:job:{job}:queued", {"waiting": time.time() - 3600})
+    jobs.renew({job: ["running", "waiting", "follow-up", "done"]}, lease=30)  # ...but it is alive
+    assert jobs.reap(job, queue, grace=60) == []  # nothing taken from a live worker
+    leased = dict(jobs.client.zrange(f"image-match:job:{job}:leased", 0, -1, withscores=True))
+    assert time.time() + 25 < leased[b"running"] < time.time() + 31
+    assert leased[b"follow-up"] > time.time() + 95  # its retry time is not brought forward
+    assert b"done" not in leased  # a settled batch stays settled
+    jobs.start(job, "running", lease=-1)  # the worker died: no more renewals
+    assert jobs.reap(job, queue, grace=60) == ["running"]
+
+
+def test_workers_announce_themselves_for_a_while(jobs):
+    jobs.client.delete("image-match:workers")
+    assert jobs.workers() == []
+    jobs.announce_worker("a@host", ttl=30)
+    jobs.announce_worker("b@host", ttl=0.2)
+    assert sorted(jobs.workers()) == ["a@host", "b@host"]
+    time.sleep(0.3)
+    assert jobs.workers() == ["a@host"]
+    jobs.client.delete("image-match:workers")
 
 
 def test_unknown_job_and_masked_password(jobs):

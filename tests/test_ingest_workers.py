@@ -342,3 +342,104 @@ def test_batches_whose_messages_were_lost_are_sent_again(run, images, http_serve
     assert status.elapsed < 60
     check_outcome(open_database(database), status, jobs.failures(job), good, bad)
     assert "sending batch" in run.workers[0].log()
+
+
+def log_times(worker, text):
+    """The wall-clock times of the worker's log lines holding ``text``."""
+    import datetime
+
+    times = []
+    for line in worker.log_path.read_text(errors="replace").splitlines():
+        if text in line and line.startswith("["):
+            stamp = line[1:24]  # [2026-12-06 21:50:00,123: INFO/MainProcess] ...
+            times.append(datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return times
+
+
+def test_a_killed_workers_batches_come_back_within_a_minute_at_default_settings(
+        run, images, http_server, tmp_path, monkeypatch):
+    """The whole worker SIGKILLed mid-job, the lease (30 s) and the visibility timeout (600 s) at
+    their defaults: its batches come back within a minute (its heartbeats stop, their leases run
+    out, the new worker's reaper sends them again) and the job ends with every URL stored once."""
+    for name in ("IMAGE_MATCH_VISIBILITY_TIMEOUT", "IMAGE_MATCH_INGEST_LEASE"):
+        run.env.pop(name, None)
+        monkeypatch.delenv(name, raising=False)
+    first = run.worker(concurrency=2)
+    killed = []
+
+    def kill_and_replace():
+        job = run.jobs().active()[0]
+        held = run.jobs().client.zcard(f"image-match:job:{job}:leased")
+        first.kill()
+        killed.append((time.time(), held))
+        run.worker(concurrency=2)
+
+    submit_slowly_and_interrupt(run, f"sqlite:///{tmp_path / 'images.db'}", images, http_server,
+                                tmp_path, monkeypatch, [(0.3, kill_and_replace)])
+    (killed_at, held), = killed
+    assert held > 0  # the killed worker held batches
+    resent = log_times(run.workers[-1], "sending batch")
+    assert resent and min(resent) - killed_at < 60, (resent, killed_at)
+    print(f"\nbatches of the killed worker sent again {min(resent) - killed_at:.1f} s after the "
+          f"kill; job done {time.time() - killed_at:.1f} s after it")
+
+
+def test_a_live_workers_long_batch_is_never_taken_from_it(run, images, http_server, tmp_path,
+                                                          monkeypatch):
+    """Leases of 3 s, batches of 8 s (16 images served 0.5 s each, one download at a time):
+    the heartbeat renews them, so no reaper ever sends one again."""
+    run.env.update(IMAGE_MATCH_INGEST_LEASE="3", IMAGE_MATCH_INGEST_THREADS="1")
+    run.env.pop("IMAGE_MATCH_VISIBILITY_TIMEOUT")  # the broker's own redelivery out of the way
+    from image_match.tasks.submit import submit, wait
+
+    database = f"sqlite:///{tmp_path / 'images.db'}"
+    run.env["IMAGE_MATCH_DATABASE"] = database
+    for name, value in run.env.items():
+        if name.startswith("IMAGE_MATCH_"):
+            monkeypatch.setenv(name, value)
+    workers = [run.worker(concurrency=1), run.worker(concurrency=1)]
+    good, _ = serve(http_server, images[:32], delay=0.5)
+    started = time.monotonic()
+    job, count = submit(good[:32], database=database, batch_size=16)
+    status = wait(job, run.jobs(), interval=0.2)
+    assert time.monotonic() - started > 7  # the batches did outlive their leases
+    assert (status.done, status.failed) == (32, 0)
+    for worker in workers:
+        assert "sending batch" not in worker.log(), worker.log()
+    received = sum(len(log_times(worker, "Task image_match.ingest_batch")) for worker in workers)
+    assert received == 2 * 2  # two batches, each received and finished once, nothing resent
+
+
+def test_ingest_wait_says_when_no_worker_consumes_the_queue(run, http_server, images, tmp_path):
+    database = f"sqlite:///{tmp_path / 'images.db'}"
+    run.env["IMAGE_MATCH_INGEST_THREADS"] = "2"
+    good, _ = serve(http_server, images[:40], delay=0.3)  # about 6 s for one worker
+    listing = tmp_path / "urls.txt"
+    listing.write_text("\n".join(good[:40]) + "\n")
+    command = [sys.executable, "-m", "image_match", "ingest", str(listing), "--db", database,
+               "--wait"]
+    started = time.monotonic()
+    failed = subprocess.run(command + ["--fail-without-workers"], env=run.env, capture_output=True,
+                            text=True, timeout=60)
+    assert time.monotonic() - started < 10
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1].startswith(
+        "error: no worker is consuming the queue 'image-match' at redis://127.0.0.1:")
+
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as stderr:
+        waiting = subprocess.Popen(command, env=run.env, stdout=subprocess.PIPE, stderr=stderr,
+                                   text=True)
+    try:
+        started = time.monotonic()
+        while "no worker is consuming the queue" not in errors.read_text():
+            assert time.monotonic() - started < 10 and waiting.poll() is None, errors.read_text()
+            time.sleep(0.2)
+        assert "still waiting" in errors.read_text()
+        run.worker(concurrency=1)
+        assert waiting.wait(timeout=60) == 0, errors.read_text()
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert "a worker is consuming the queue now" in errors.read_text()
+    assert open_database(database).count() == 40

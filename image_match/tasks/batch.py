@@ -109,7 +109,9 @@ def ingest(job, database, items, attempt, jobs, send, batch=None):
         follow_ups.append((_new_batch(), 0.0, deferred, attempt))
     # Outcomes and follow-ups are recorded in one step, then the follow-ups are sent: a worker
     # that dies in between leaves leased batches that the reapers send again.
-    lease_end = time.time() + settings.get("VISIBILITY_TIMEOUT")
+    # Leased until their time comes, and a lease more: by then a worker holds their message and
+    # renews them; if none does (the message was lost), a reaper sends them again.
+    lease_end = time.time() + config.lease_seconds()
     jobs.finish(job, batch, done, failed,
                 [(key, lease_end + delay, follow, next_attempt, database)
                  for key, delay, follow, next_attempt in follow_ups])

@@ -13,6 +13,7 @@ import click
 
 from ..cli_common import EXIT_FAILURE, database_url, db_option, json_line, output_options, state_of
 from ..errors import ImageMatchError
+from . import config
 from .submit import DEFAULT_BATCH_SIZE
 
 INSTALL_HINT = "pip install 'image-match[celery]'"
@@ -49,10 +50,13 @@ def _jobs():
 @click.option("--wait", is_flag=True, help="Show progress until the job ends, then its failures.")
 @click.option("--allow-failures", is_flag=True,
               help="With --wait, exit 0 even when some images failed.")
+@click.option("--fail-without-workers", is_flag=True,
+              help="With --wait, exit 1 when no worker is consuming the queue (rather than say so "
+                   "and keep waiting for one).")
 @db_option
 @output_options
 @click.pass_context
-def ingest(ctx, file, batch_size, wait, allow_failures, db_url, as_json):
+def ingest(ctx, file, batch_size, wait, allow_failures, fail_without_workers, db_url, as_json):
     """Fetch, sign and store every image listed in FILE ('-' for stdin), on the workers.
 
     FILE has one URL or path per line, or JSON lines with "url" (or "path") and optionally "id"
@@ -76,16 +80,18 @@ def ingest(ctx, file, batch_size, wait, allow_failures, db_url, as_json):
             state.info(f"submitted {count} images; follow with: image-match job {job} --wait")
         return
     state.info(f"job {job}: {count} images submitted")
-    _wait_and_report(state, job, as_json, allow_failures)
+    _wait_and_report(state, job, as_json, allow_failures, fail_without_workers)
 
 
 @click.command()
 @click.argument("job_id", metavar="ID")
 @click.option("--wait", is_flag=True, help="Show progress until the job ends.")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when some images failed.")
+@click.option("--fail-without-workers", is_flag=True,
+              help="With --wait, exit 1 when no worker is consuming the queue.")
 @output_options
 @click.pass_context
-def job(ctx, job_id, wait, allow_failures, as_json):
+def job(ctx, job_id, wait, allow_failures, fail_without_workers, as_json):
     """Show a job's counts and its failures with their reasons.
 
     Jobs are kept for IMAGE_MATCH_RESULT_TTL seconds after their last activity. Exits 1 if any
@@ -94,7 +100,7 @@ def job(ctx, job_id, wait, allow_failures, as_json):
     _need("redis")
     state = state_of(ctx)
     if wait:
-        _wait_and_report(state, job_id, as_json, allow_failures)
+        _wait_and_report(state, job_id, as_json, allow_failures, fail_without_workers)
         return
     jobs = _jobs()
     _report(jobs, _status(jobs, job_id), as_json, allow_failures)
@@ -133,18 +139,41 @@ def _status(jobs, job_id):
     return status
 
 
-def _wait_and_report(state, job_id, as_json, allow_failures):
+def _wait_and_report(state, job_id, as_json, allow_failures, fail_without_workers=False):
     from .submit import wait
 
     jobs = _jobs()
     first = _status(jobs, job_id)
+    workers = _WorkerWatch(state, jobs, fail_without_workers)
     if not state.show_progress():
-        _report(jobs, wait(job_id, jobs), as_json, allow_failures)
+        _report(jobs, wait(job_id, jobs, on_no_worker=workers.update), as_json, allow_failures)
         return
     with click.progressbar(length=first.total or first.submitted or 1, label="ingesting",
                            file=sys.stderr, item_show_func=lambda text: text) as bar:
-        status = wait(job_id, jobs, on_status=_Progress(bar).update)
+        status = wait(job_id, jobs, on_status=_Progress(bar).update, on_no_worker=workers.update)
     _report(jobs, status, as_json, allow_failures)
+
+
+class _WorkerWatch:
+    """Says when no worker consumes the queue (a job then never moves), and when one does again;
+    with --fail-without-workers, stops waiting instead."""
+
+    def __init__(self, state, jobs, fail):
+        self.state, self.jobs, self.fail = state, jobs, fail
+
+    def update(self, present):
+        if present:
+            self.state.info("\na worker is consuming the queue now")
+            return
+        from .jobs import mask_password
+        from .. import settings
+
+        hint = (f"no worker is consuming the queue {config.QUEUE!r} at "
+                f"{mask_password(settings.get('BROKER_URL'))}: start one with `image-match "
+                "worker` where IMAGE_MATCH_BROKER_URL names this broker")
+        if self.fail:
+            raise ImageMatchError(hint)
+        self.state.info(f"\n{hint} (still waiting; Ctrl-C stops waiting, the job stays queued)")
 
 
 class _Progress:

@@ -8,9 +8,13 @@ needs is in ``image_match.settings`` too; what its values mean together:
 ==================================  ==============================================  =======
 variable                            meaning                                         default
 ==================================  ==============================================  =======
-IMAGE_MATCH_VISIBILITY_TIMEOUT      seconds after which a batch taken by a worker   600
-                                    that never acknowledged it (killed, machine
-                                    lost) is delivered again
+IMAGE_MATCH_INGEST_LEASE            seconds a worker holds a batch (started, or     30
+                                    waiting in the worker) without renewing its
+                                    lease; a killed worker's batches are sent
+                                    again this long after its last renewal
+IMAGE_MATCH_VISIBILITY_TIMEOUT      the longest a batch may run: the Redis          600
+                                    transport delivers again a message unsettled
+                                    for this long
 IMAGE_MATCH_INGEST_THREADS          images fetched and signed at a time in one      8
                                     worker process
 IMAGE_MATCH_INGEST_MAX_RETRIES      retries of a transient failure (timeout, HTTP   8
@@ -21,11 +25,19 @@ IMAGE_MATCH_INGEST_RETRY_DELAY      seconds before the first retry; doubled at  
                                     the visibility timeout
 ==================================  ==============================================  =======
 
-Why a third: the Redis transport redelivers any message unacknowledged for the visibility
-timeout, including one a worker holds while it waits for its retry time, so a retry's delay plus
-the batch's own run must stay below it. A batch stops starting new items after a third of it too
-(the rest go on in a follow-up batch), so one slow host cannot make its batch outlive it. A batch
-delivered twice anyway costs work, never a record: ids are deterministic and outcomes idempotent.
+Leases: each worker's main process renews, every third of the lease, the lease of every batch it
+holds (running in its pool, or received and waiting there for its turn or its retry time), and
+announces itself (``Jobs.workers``). A worker that dies stops renewing: its batches' leases run
+out and any worker's reaper sends them again, within the lease and a reaper's interval (40 s at
+the defaults), while a live worker's batch, however long, keeps its lease. The lease is at most
+the visibility timeout.
+
+Why a third of the visibility timeout: the Redis transport redelivers any message unacknowledged
+for the visibility timeout, including one a worker holds while it waits for its retry time, so a
+retry's delay plus the batch's own run must stay below it. A batch stops starting new items after
+a third of it too (the rest go on in a follow-up batch), so one slow host cannot make its batch
+outlive it. A batch delivered twice anyway costs work, never a record: ids are deterministic and
+outcomes idempotent.
 """
 
 import os
@@ -41,9 +53,16 @@ def longest_wait():
     return settings.get("VISIBILITY_TIMEOUT") / 3
 
 
+def lease_seconds():
+    """Seconds a batch stays a worker's without a renewal (``IMAGE_MATCH_INGEST_LEASE``, at most
+    the visibility timeout)."""
+    return min(settings.get("INGEST_LEASE"), settings.get("VISIBILITY_TIMEOUT"))
+
+
 def reap_interval():
-    """Seconds between two looks of a worker's reaper at the unfinished jobs."""
-    return max(1.0, min(10.0, settings.get("VISIBILITY_TIMEOUT") / 5))
+    """Seconds between two renewals of a worker's leases, and between two looks of its reaper at
+    the unfinished jobs: a third of the lease, within 1 to 10 s."""
+    return max(1.0, min(10.0, lease_seconds() / 3))
 
 
 def celery_config():

@@ -17,6 +17,8 @@ key                 type    what
 ``<job>:leased``    zset    batches started (or waiting for their retry time), scored by the time by
                             which they must be settled
 ``image-match:jobs`` zset   the jobs not finished (what the reapers look at)
+``image-match:workers`` zset the workers alive, scored by when that stops being true unless
+                            they say so again (``announce_worker``)
 ==================  ======  ==========================================================================
 
 An item is its line number in the submitted file. A message on the queue names a batch, whose
@@ -31,6 +33,10 @@ Why a ledger of batches beside the broker's own: the Redis transport takes a mes
 loses the message for good (celery/kombu#305, celery/celery#7950). ``reap`` hands back any batch
 whose lease ran out (its worker died while on it) and, once the queue is empty, any batch sent
 but never started: every item is eventually settled, whatever happened to its messages.
+
+Leases are short (``config.lease_seconds``) and renewed by the worker that holds the batch
+(``renew``): a worker that dies stops renewing and its batches come back within the lease, while
+a live worker's batch is never handed to another, however long it runs.
 """
 
 import json
@@ -43,6 +49,7 @@ from ..errors import ImageMatchError
 
 _PREFIX = "image-match:job:"
 ACTIVE = "image-match:jobs"
+WORKERS = "image-match:workers"
 
 # KEYS: job, done, failed, batches, queued, leased, active. ARGV[1]: JSON {ttl, now, job, batch,
 # done: [item], failed: [[item, failure JSON]], follow_ups: [[batch, deadline, payload]]}.
@@ -114,6 +121,26 @@ if redis.call('LLEN', KEYS[8]) == 0 then
     end
 end
 return out
+"""
+
+
+# KEYS: leased, queued (of one job). ARGV: lease end, now, batch... Each batch still leased gets a
+# lease ending no earlier than the lease end; each still queued (received by a worker, waiting
+# there for its turn) is marked sent now, so that no reaper takes it for lost. A settled batch is
+# in neither, and stays so. Never moved earlier: a follow-up waiting for its retry time keeps it.
+_RENEW = """
+local lease_end, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV do
+    local leased = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if leased and tonumber(leased) < lease_end then
+        redis.call('ZADD', KEYS[1], lease_end, ARGV[i])
+    end
+    local queued = redis.call('ZSCORE', KEYS[2], ARGV[i])
+    if queued and tonumber(queued) < now then
+        redis.call('ZADD', KEYS[2], now, ARGV[i])
+    end
+end
+return 1
 """
 
 
@@ -201,6 +228,7 @@ class Jobs:
         self._finish = self.client.register_script(_FINISH)
         self._start = self.client.register_script(_START)
         self._reap = self.client.register_script(_REAP)
+        self._renew = self.client.register_script(_RENEW)
 
     @staticmethod
     def _keys(job):
@@ -284,6 +312,29 @@ class Jobs:
             answers = pipe.execute()
         return [item for item, is_done, has_failed in zip(items, answers[::2], answers[1::2])
                 if not is_done and not has_failed]
+
+    def renew(self, held, lease):
+        """Renew the leases of the batches a worker holds: ``held`` is ``{job: [batch]}``; each
+        still unsettled stays the worker's for ``lease`` more seconds (see ``_RENEW``)."""
+        now = time.time()
+        with self.client.pipeline(transaction=False) as pipe:
+            for job, batches in held.items():
+                keys = self._keys(job)
+                self._renew(keys=[keys[5], keys[4]], args=[repr(now + lease), repr(now), *batches],
+                            client=pipe)
+            pipe.execute()
+
+    def announce_worker(self, name, ttl):
+        """Say that the worker ``name`` is alive, for ``ttl`` seconds (``workers`` lists it)."""
+        now = time.time()
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(WORKERS, {name: now + ttl})
+            pipe.zremrangebyscore(WORKERS, "-inf", now)
+            pipe.execute()
+
+    def workers(self):
+        """The names of the workers alive (announced within their ttl)."""
+        return [name.decode() for name in self.client.zrangebyscore(WORKERS, time.time(), "+inf")]
 
     def active(self):
         """The ids of the jobs not finished."""

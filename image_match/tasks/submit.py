@@ -19,6 +19,8 @@ from . import config
 from .jobs import Jobs, mask_password
 
 DEFAULT_BATCH_SIZE = 128
+# Seconds of waiting for a job without any worker alive before saying so.
+NO_WORKER_AFTER = 5.0
 
 
 def parse_line(line):
@@ -141,20 +143,31 @@ def submit(lines, database=None, batch_size=DEFAULT_BATCH_SIZE, source="", app=N
     return job, total
 
 
-def wait(job, jobs=None, interval=0.5, on_status=None, patience=120.0):
+def wait(job, jobs=None, interval=0.5, on_status=None, patience=120.0, on_no_worker=None,
+         no_worker_after=NO_WORKER_AFTER):
     """Poll the job until it is finished; return its last ``JobStatus``.
 
     ``on_status(status)`` is called after each poll. The broker may be unreachable for up to
     ``patience`` seconds at a time (a Redis restart) before ``ImageMatchError`` is raised.
+    ``on_no_worker(present)`` is called with False once no worker has announced itself for
+    ``no_worker_after`` seconds of waiting (nothing consumes the queue: the job cannot move), then
+    with True if one does later.
     """
     import redis
 
     jobs = jobs or Jobs()
     lost_since = None
+    began, alone = time.monotonic(), False
     while True:
         try:
             status = jobs.status(job)
             lost_since = None
+            if (on_no_worker is not None and status is not None and status.state != "finished"
+                    and time.monotonic() - began >= no_worker_after):
+                present = bool(jobs.workers())
+                if present == alone:  # news: no worker now, or one at last
+                    alone = not present
+                    on_no_worker(present)
         except redis.exceptions.RedisError as error:
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since > patience:

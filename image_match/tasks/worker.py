@@ -6,19 +6,22 @@ now: submitting needs only the broker, so a client sends batches by the task's n
 importing the task.
 
 A message is ``(job, batch)``: the task reads the batch's items from the job's ledger in Redis
-and takes a lease on it (``Jobs.start``). Each worker's main process runs a reaper thread that
-sends again the batches of unfinished jobs whose lease ran out or whose message was lost
-(``Jobs.reap``); a batch sent twice is skipped the second time.
+and takes a lease on it (``Jobs.start``). Each worker's main process runs two threads: a heartbeat
+that renews the leases of every batch the worker holds (running in its pool, or received and
+waiting there) and announces the worker (``Jobs.renew``, ``Jobs.announce_worker``), and a reaper
+that sends again the batches of unfinished jobs whose lease ran out (their worker died) or whose
+message was lost (``Jobs.reap``); a batch sent twice is skipped the second time.
 """
 
 import logging
 import os
+import socket
 import threading
+import weakref
 
 from celery import Celery, signals
 
 from . import batch as batches
-from .. import settings
 from . import config
 from .jobs import Jobs, redis_client
 
@@ -55,7 +58,7 @@ def ingest_batch(job, batch):
 
     jobs = _process_jobs()
     try:
-        payload = jobs.start(job, batch, settings.get("VISIBILITY_TIMEOUT"))
+        payload = jobs.start(job, batch, config.lease_seconds())
         if payload is None:
             return {"settled already": True}
         return batches.ingest(job, payload["database"], payload["items"], payload["attempt"],
@@ -64,6 +67,55 @@ def ingest_batch(job, batch):
         # The batch stays in the job's ledger: a reaper sends it again once its lease runs out.
         log.warning("job %s: batch %s left for later: Redis failed (%s)", job, batch, error)
         return {"left for later": str(error)}
+
+
+# The requests this worker's main process has received and not yet settled (acknowledged or
+# handed back): what its heartbeat renews. Celery drops a request once it is done with it.
+_received = weakref.WeakSet()
+
+
+@signals.task_received.connect
+def _track(request=None, **kwargs):
+    if request is not None and getattr(request, "name", None) == config.TASK_NAME:
+        _received.add(request)
+
+
+def held_batches():
+    """``{job: [batch]}`` of the requests this worker holds."""
+    held = {}
+    for request in list(_received):
+        args = getattr(request, "args", None) or ()
+        if not request.acknowledged and len(args) == 2:
+            held.setdefault(str(args[0]), []).append(str(args[1]))
+    return held
+
+
+class Heartbeat(threading.Thread):
+    """Every third of the lease: renew the leases of the batches this worker holds, and say
+    that it is alive. Both stop with the process, which is the point."""
+
+    def __init__(self, name):
+        super().__init__(name="image-match-heartbeat", daemon=True)
+        self.worker_name = name
+        self.stopping = threading.Event()
+
+    def run(self):
+        import redis
+
+        interval = config.reap_interval()
+        jobs = Jobs(redis_client(patience=interval))
+        while True:
+            try:
+                jobs.announce_worker(self.worker_name, 3 * interval)
+                held = held_batches()
+                if held:
+                    jobs.renew(held, config.lease_seconds())
+            except (redis.exceptions.RedisError, OSError) as error:
+                log.warning("heartbeat: %s", error)
+            except Exception:  # keep beating whatever one round met
+                log.exception("heartbeat")
+            if self.stopping.wait(interval):
+                return
 
 
 class Reaper(threading.Thread):
@@ -91,17 +143,19 @@ class Reaper(threading.Thread):
                 log.exception("reaper")
 
 
-_reaper = []
+_threads = []
 
 
 @signals.worker_ready.connect
-def _start_reaper(sender=None, **kwargs):
-    if not _reaper:
-        _reaper.append(Reaper(getattr(sender, "app", None) or app))
-        _reaper[0].start()
+def _start_threads(sender=None, **kwargs):
+    if not _threads:
+        name = getattr(sender, "hostname", None) or f"{socket.gethostname()}:{os.getpid()}"
+        _threads.extend([Heartbeat(name), Reaper(getattr(sender, "app", None) or app)])
+        for thread in _threads:
+            thread.start()
 
 
 @signals.worker_shutting_down.connect
-def _stop_reaper(**kwargs):
-    for reaper in _reaper:
-        reaper.stopping.set()
+def _stop_threads(**kwargs):
+    for thread in _threads:
+        thread.stopping.set()
