@@ -369,7 +369,10 @@ def test_a_killed_workers_batches_come_back_within_a_minute_at_default_settings(
 
     def kill_and_replace():
         job = run.jobs().active()[0]
-        held = run.jobs().client.zcard(f"image-match:job:{job}:leased")
+        deadline = time.monotonic() + 10
+        while not (held := run.jobs().client.zcard(f"image-match:job:{job}:leased")):
+            assert time.monotonic() < deadline  # a moment when the worker runs a batch
+            time.sleep(0.02)
         first.kill()
         killed.append((time.time(), held))
         run.worker(concurrency=2)
