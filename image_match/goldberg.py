@@ -1122,12 +1122,16 @@ class ImageSignature:
         ImageLoadError
             The input is not a readable image; the message names it and says why.
         """
-        source, original_shape = self.decode_source(path_or_image, bytestream=bytestream)
-        return signature_from_source(
-            source, original_shape, self.n, self.crop_percentiles, self.P,
-            self.diagonal_neighbors, self.identical_tolerance, self.n_levels, self.fix_ratio,
-            self.variant,
-        )
+        if self.variant == "1.x" and kernel.in_use():
+            # The kernel reads the decoded pixels themselves.
+            source, original_shape = self.decode_source(path_or_image, bytestream=bytestream)
+            return signature_from_source(
+                source, original_shape, self.n, self.crop_percentiles, self.P,
+                self.diagonal_neighbors, self.identical_tolerance, self.n_levels, self.fix_ratio,
+                self.variant,
+            )
+        # The numpy steps work on the grey array; the decoded image is let go before them.
+        return self.signature_of_grey(*self.decode(path_or_image, bytestream=bytestream))
 
     def orientation_signatures(self, image, bytestream=False):
         """The signatures of ``image`` in its 8 orientations (``DIHEDRAL_NAMES`` order), from one

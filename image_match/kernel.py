@@ -83,7 +83,7 @@ def signature(source, original_shape, n, crop_percentiles, P, diagonal_neighbors
     elif source.rule == "draft8":
         rule, table = _DRAFT8, DRAFT_GREY_TABLE
     else:
-        rule, table = _GREY_RULES.get(np.asarray(source.pixels).dtype), None
+        rule, table = _GREY_RULES.get(source.pixels.dtype), None
         if rule is None:
             return None
     out = np.empty(n * n * (8 if diagonal_neighbors else 4), dtype=np.int8)
@@ -91,13 +91,11 @@ def signature(source, original_shape, n, crop_percentiles, P, diagonal_neighbors
     arguments = (rule, table, int(original_shape[0]), int(original_shape[1]), n,
                  crop_percentiles is not None, float(lower), float(upper), bool(fix_ratio),
                  int(P or 0), bool(diagonal_neighbors), float(identical_tolerance), levels, out)
-    pixels = source.pixels
-    if not isinstance(pixels, np.ndarray):
-        exported = _arrow_export(pixels)
+    if not isinstance(source.pixels, np.ndarray):
+        exported = _arrow_export(source.pixels)
         if exported is not None and _compiled.signature(exported, *arguments):
             return out
-        pixels = np.asarray(pixels)
-    return out if _compiled.signature(pixels, *arguments) else None
+    return out if _compiled.signature(source.array(), *arguments) else None
 
 
 def _arrow_export(image):

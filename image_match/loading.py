@@ -164,10 +164,24 @@ class GreySource(NamedTuple):
         """The grey levels as a 2-D array: float64 for "rgb8" and "ycc8", float32 for "draft8"."""
         if self.rule in ("rgb8", "ycc8"):
             tables = GREY_TABLES if self.rule == "rgb8" else YCBCR_GREY_TABLES
-            return _grey_from_channels8(np.asarray(self.pixels), tables)
+            return _grey_from_channels8(self.array(), tables)
         if self.rule == "draft8":
-            return DRAFT_GREY_TABLE[np.asarray(self.pixels)]
+            return DRAFT_GREY_TABLE[self.array()]
         return self.pixels
+
+    def array(self):
+        """``pixels`` as an array: ``np.asarray``, a band of rows at a time for a large PIL image
+        (``np.asarray`` would join a copy of all its bytes first, twice the array's memory)."""
+        image = self.pixels
+        if isinstance(image, np.ndarray) or image.width * image.height <= _BAND_PIXELS:
+            return np.asarray(image)
+        first = np.asarray(image.crop((0, 0, image.width, 1)))
+        array = np.empty((image.height,) + first.shape[1:], dtype=first.dtype)
+        band = max(1, _BAND_PIXELS // image.width)
+        for top in range(0, image.height, band):
+            bottom = min(top + band, image.height)
+            array[top:bottom] = np.asarray(image.crop((0, top, image.width, bottom)))
+        return array
 
 
 def decode_grey_source(image, *, bytestream=False, draft=True, scale="1.x", max_pixels=None):

@@ -256,10 +256,11 @@ def test_values_the_kernel_does_not_take_are_signed_by_the_reference(reference):
 @needs_kernel
 def test_a_large_image_is_read_in_blocks(reference):
     # Pillow keeps an image of more than 16 MB in several blocks of memory, which its Arrow
-    # export refuses: the kernel then reads a copy (np.asarray).
+    # export refuses: the kernel then reads a copy (GreySource.array).
     image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (2100, 2100, 3),
                                                               dtype=np.uint8))
     source = GreySource(image, "rgb8")
     assert kernel._arrow_export(image) is None
+    np.testing.assert_array_equal(source.array(), np.asarray(image))  # made a band at a time
     assert np.array_equal(compiled(signature_from_source, source, (2100, 2100)),
                           reference(signature_from_source, source, (2100, 2100)))
