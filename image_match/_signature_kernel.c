@@ -5,14 +5,14 @@
  * It is an optimization of the numpy reference in goldberg.py and loading.py, which stays the
  * definition: every floating-point operation that decides a signature is the reference's, in the
  * reference's order, so that the signatures are equal bit for bit (tests/test_kernel.py). Where
- * the reference's order is numpy's own (its sums of a row's variation), the kernel adds in its
- * own order: those sums decide only which rows are flat and how running totals compare, which the
- * order cannot change for the exact sums of 8-bit grey levels (see goldberg._variations).
+ * the reference's order is numpy's own (its sums of a row's variation), the kernel adds in an
+ * order of its own: see goldberg._variations for why the crop cannot tell.
  *
  * What the kernel saves is numpy's cost per call (a signature is a few dozen calls on small
- * arrays) and the float64 copy of the image: grey levels are made from 8-bit pixels a row at a
- * time, by the tables loading.GREY_TABLES (1.x's float64 grey) or loading.DRAFT_GREY_TABLE
- * (a draft decode's float32 grey).
+ * arrays) and the float copy of the image: grey levels are made from 8-bit pixels a row at a
+ * time, by the tables of loading (GREY_TABLES: 1.x's float64 grey of red, green and blue;
+ * YCBCR_GREY_TABLES: the same weights on a JPEG's Y, Cb and Cr; DRAFT_GREY_TABLE: 8-bit grey
+ * in float32).
  *
  * Python entry point: signature(...), see its docstring below; image_match/kernel.py wraps it.
  */

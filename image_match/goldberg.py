@@ -184,11 +184,13 @@ def _variations(grey):
     """``(row_variation, column_variation)``: the sums of the absolute differences between
     neighbours along each row and down each column.
 
-    Differences are taken in the array's own dtype; float ones are summed in float64, so that
-    the sums of 8-bit grey levels (float32 draft decodes included) are exact, whatever the order
-    of the additions. The crop limits depend on these sums only through which are zero and how
-    their running totals compare, which the order of summation cannot change for such sums: the
-    compiled kernel (``image_match.kernel``) adds them in its own order and finds the same limits.
+    Differences are taken in the array's own dtype; float ones are summed in float64 (in numpy's
+    order, which the compiled kernel does not repeat: ``image_match.kernel``). The order cannot
+    move a crop limit: the limits depend on these sums only through which are zero (a sum of
+    non-negative terms is zero in any order) and through comparisons of running totals with a
+    percentile interpolated between two of them, which a rounding of the last bit changes only
+    when a row's variation is as small as that rounding. The float32 grey of 8-bit values sums
+    exactly in float64, in any order.
     """
     floating = grey.dtype.kind == "f"
     total = np.float64 if floating else None

@@ -22,12 +22,19 @@ What it does to the picture:
   a reduced DCT scale (1/2, 1/4 or 1/8), which is most of the speed; other formats are decoded,
   then box-averaged. The signature is then placed as on the full image (``decode_grey`` returns
   its original size), and stays close to a full decode's; see README.rst for the measured
-  distances. ``draft=False`` decodes every pixel, as image-match 1.x did.
+  distances. A colour JPEG's reduced decode reads its YCbCr planes and applies 1.x's weights to
+  them (``YCBCR_GREY_TABLES``); other reduced images are converted by Pillow to 8-bit grey.
+  ``draft=False`` decodes every pixel, as image-match 1.x did.
 
 Grey levels follow image-match 1.x, which signed through ``skimage.io.imread(as_gray=True)``:
-colour is converted with ``0.2125 R + 0.7154 G + 0.0721 B`` on the 0-1 scale (float64, computed as
-scikit-image computes it, so the floats are identical), while single-channel images keep their
-0-255 values (uint8). ``scale="0-1"`` puts every input on the 0-1 scale instead.
+colour is converted with ``0.2125 R + 0.7154 G + 0.0721 B`` on the 0-1 scale (float64, as
+scikit-image's ``img_as_float`` and ``rgb2gray`` compute it, with the additions in the order
+``(R + G) + B``: signatures equal to 1.x's bit for bit on the dev corpus), while single-channel
+images keep their 0-255 values (uint8). ``scale="0-1"`` puts every input on the 0-1 scale instead.
+
+``decode_grey_source`` stops before the grey levels: a ``GreySource`` holds the decoded pixels and
+the rule that makes grey levels of them, which the compiled signature kernel
+(``image_match.kernel``) applies as it reads them, without a float array of the image.
 """
 
 import concurrent.futures
