@@ -39,6 +39,7 @@ the rule that makes grey levels of them, which the compiled signature kernel
 
 import concurrent.futures
 import io
+import math
 import os
 import queue
 import select
@@ -522,7 +523,7 @@ def reduce_for_signature(image, mode=None):
         return False
     factor = DRAFT_MIN_SIDE / min(width, height)
     # draft() picks the largest reduction (1/2, 1/4, 1/8) that keeps at least the requested size.
-    requested = (int(np.ceil(width * factor)), int(np.ceil(height * factor)))
+    requested = (math.ceil(width * factor), math.ceil(height * factor))
     return image.draft(mode or image.mode, requested) is not None
 
 
