@@ -24,24 +24,21 @@ from conftest import DATA, PHOTO, SHARED_CORPUS, photos
 needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the compiled kernel is not built")
 
 
-@pytest.fixture
-def reference():
-    """Sign with the numpy reference while the test body runs ``reference(function)``."""
-    def run(function, *args, **kwargs):
-        previous = kernel.use(False)
-        try:
-            return function(*args, **kwargs)
-        finally:
-            kernel.use(previous)
-    return run
-
-
-def compiled(function, *args, **kwargs):
-    previous = kernel.use(True)
+def signed_with(kernel_on, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` with the compiled kernel on, or the numpy reference."""
+    previous = kernel.use(kernel_on)
     try:
         return function(*args, **kwargs)
     finally:
         kernel.use(previous)
+
+
+def compiled(function, *args, **kwargs):
+    return signed_with(True, function, *args, **kwargs)
+
+
+def reference(function, *args, **kwargs):
+    return signed_with(False, function, *args, **kwargs)
 
 
 def a_c_compiler():
@@ -63,7 +60,7 @@ def test_the_kernel_is_built_where_there_is_a_c_compiler():
 # --- the switch --------------------------------------------------------------------------------
 
 @needs_kernel
-def test_environment_variable_and_use_force_the_numpy_reference(monkeypatch, reference):
+def test_environment_variable_and_use_force_the_numpy_reference(monkeypatch):
     monkeypatch.delenv("IMAGE_MATCH_SIGNATURE_KERNEL", raising=False)
     assert kernel.in_use() and kernel.describe().startswith("compiled kernel")
     monkeypatch.setenv("IMAGE_MATCH_SIGNATURE_KERNEL", "numpy")
@@ -122,7 +119,7 @@ def corpus():
 
 @needs_kernel
 @pytest.mark.parametrize("name", list(GENERATORS))
-def test_the_kernel_signs_the_dev_corpus_as_the_reference(name, reference):
+def test_the_kernel_signs_the_dev_corpus_as_the_reference(name):
     generator = GENERATORS[name]
     paths = corpus() if name in ("draft", "exact") else corpus()[::8]
     mismatched = []
@@ -134,7 +131,7 @@ def test_the_kernel_signs_the_dev_corpus_as_the_reference(name, reference):
 
 
 @needs_kernel
-def test_the_kernel_signs_decoded_grey_arrays_as_the_reference(reference):
+def test_the_kernel_signs_decoded_grey_arrays_as_the_reference():
     # signature_of_grey on decode()'s arrays (windows, orientations, rotations sign those):
     # float32 after a draft decode, float64 exact, uint8 for grey files; views, flips.
     generator = ImageSignature(draft=True)
@@ -206,13 +203,8 @@ def test_the_kernel_signs_generated_grey_arrays_as_the_reference(data, dtype, vi
             "strided": grey[::2, ::3]}[view]
     shape = data.draw(original_shapes(grey))
     kwargs = data.draw(parameters)
-    previous = kernel.use(False)
-    try:
-        expected = signature_from_grey(grey, original_shape=shape, **kwargs)
-    finally:
-        kernel.use(previous)
     assert np.array_equal(compiled(signature_from_grey, grey, original_shape=shape, **kwargs),
-                          expected)
+                          reference(signature_from_grey, grey, original_shape=shape, **kwargs))
 
 
 @needs_kernel
@@ -231,17 +223,13 @@ def test_the_kernel_signs_generated_8_bit_pixels_as_the_reference(data, rule):
     source = GreySource(pixels, rule)
     original = data.draw(original_shapes(np.empty(shape)))
     kwargs = data.draw(parameters)
-    previous = kernel.use(False)
-    try:
-        expected = signature_from_source(source, original, **kwargs)
-    finally:
-        kernel.use(previous)
-    assert np.array_equal(compiled(signature_from_source, source, original, **kwargs), expected)
+    assert np.array_equal(compiled(signature_from_source, source, original, **kwargs),
+                          reference(signature_from_source, source, original, **kwargs))
 
 
 @needs_kernel
 @pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
-def test_values_the_kernel_does_not_take_are_signed_by_the_reference(reference):
+def test_values_the_kernel_does_not_take_are_signed_by_the_reference():
     # Not finite values, integer dtypes it does not read, levels past int8: the reference signs.
     rng = np.random.default_rng(3)
     grey = rng.random((40, 50))
@@ -254,7 +242,7 @@ def test_values_the_kernel_does_not_take_are_signed_by_the_reference(reference):
 
 
 @needs_kernel
-def test_a_large_image_is_read_in_blocks(reference):
+def test_a_large_image_is_read_in_blocks():
     # Pillow keeps an image of more than 16 MB in several blocks of memory, which its Arrow
     # export refuses: the kernel then reads a copy (GreySource.array).
     image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (2100, 2100, 3),
