@@ -283,6 +283,10 @@ def split_assignment(text, option):
     key = key.strip()
     if not equals or not key:
         usage_error(f"{option} {text!r}: expected KEY=VALUE")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes of another encoding, which no store can hold
+        usage_error(f"{option} {text!r}: not valid UTF-8 text")
     return key, json_scalar(value)
 
 

@@ -44,6 +44,7 @@ import os
 import queue
 import select
 import stat
+import struct
 import threading
 import time
 from contextlib import contextmanager
@@ -233,7 +234,10 @@ def _pillow_errors(source):
     except ImageLoadError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError,
-            MemoryError, Image.DecompressionBombError) as error:
+            MemoryError, NotImplementedError, ZeroDivisionError, OverflowError, struct.error,
+            Image.DecompressionBombError) as error:
+        # Fuzzing found the rarer ones: NotImplementedError for a DDS pixel format Pillow does
+        # not know, for one.
         raise CorruptImageError(source, _pil_reason(error)) from None
 
 

@@ -164,13 +164,18 @@ def check_metadata(metadata, source):
     """Metadata must be a JSON object (dict) or None; returns it as plain JSON data.
 
     NaN and infinities are refused: JSON has no such numbers, so stored they would make an export
-    invalid JSON and every filtered search fail."""
+    invalid JSON and every filtered search fail; so is text that is not valid UTF-8."""
     if metadata is None:
         return None
     if not isinstance(metadata, dict):
         raise InvalidParameterError(f"{source}: metadata must be a dict, not {type(metadata).__name__}")
     try:
-        return json.loads(json.dumps(metadata, allow_nan=False))
+        text = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+        return json.loads(text)
+    except UnicodeEncodeError:
+        raise InvalidParameterError(f"{source}: metadata holds text that is not valid UTF-8 (a "
+                                    "lone surrogate)") from None
     except ValueError as error:
         if "Out of range float" in str(error):
             raise InvalidParameterError(f"{source}: metadata holds NaN or an infinity, which JSON "
@@ -202,6 +207,9 @@ def normalize_filter(pre_filter):
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise InvalidParameterError(f"pre_filter={pre_filter!r}: NaN and infinities match "
                                         "nothing stored (metadata cannot hold them)")
+        if any(record_path(v) != v for v in [key, *values] if isinstance(v, str)):
+            raise InvalidParameterError(f"pre_filter={pre_filter!r}: text that is not valid "
+                                        "UTF-8 matches nothing stored (metadata cannot hold it)")
         normalized[key] = values
     return normalized
 

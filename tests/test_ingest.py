@@ -124,8 +124,8 @@ def test_the_ledger_hands_back_batches_that_were_lost(jobs):
 def test_a_worker_renews_the_leases_of_what_it_holds(jobs):
     job, queue = uuid.uuid4().hex, f"queue-{uuid.uuid4().hex}"
     jobs.create(job, "sqlite:///x.db", "urls.txt")
-    for batch in ("running", "waiting", "follow-up", "done"):
-        jobs.add_batch(job, batch, [{"line": 1, "source": "u"}], "sqlite:///x.db")
+    for name in ("running", "waiting", "follow-up", "done"):
+        jobs.add_batch(job, name, [{"line": 1, "source": "u"}], "sqlite:///x.db")
     jobs.start(job, "running", lease=-1)  # its lease ran out...
     jobs.finish(job, "done", done=[1])
     jobs.finish(job, follow_ups=[("follow-up", time.time() + 100, [], 1, "sqlite:///x.db")])

@@ -352,3 +352,18 @@ def test_a_nan_cutoff_is_a_usage_mistake(command, tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGE_MATCH_DATABASE", f"sqlite:///{tmp_path / 's.db'}")
     result = run(*command, "--cutoff", "nan")
     assert result.exit_code == 2 and "'nan' is not a number in the range" in result.stderr
+
+
+def test_metadata_and_filters_of_text_that_is_not_utf8_are_refused(tmp_path, monkeypatch):
+    """A command line's bytes in another encoding reach Python as surrogate escapes, which no
+    store can hold (fuzz/run.py key_value found it)."""
+    monkeypatch.setenv("IMAGE_MATCH_DATABASE", f"sqlite:///{tmp_path / 's.db'}")
+    for option in ("-m", "--filter"):
+        command = "add" if option == "-m" else "search"
+        result = run(command, PHOTO, option, "owner=" + LATIN1_NAME)
+        assert result.exit_code == 2 and "not valid UTF-8 text" in result.stderr
+    db = open_database("sqlite:///:memory:")
+    with pytest.raises(InvalidParameterError, match="not valid UTF-8"):
+        db.add_image(str(PHOTO), metadata={"owner": LATIN1_NAME})
+    with pytest.raises(InvalidParameterError, match="not valid UTF-8"):
+        db.search_image(str(PHOTO), pre_filter={"owner": LATIN1_NAME})

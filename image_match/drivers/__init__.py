@@ -75,7 +75,9 @@ def parse_database_url(url):
         if parts.netloc not in ("", "localhost"):
             raise InvalidParameterError(f"{url}: an sqlite URL has no host: sqlite:///relative.db "
                                         "or sqlite:////absolute/path.db")
-        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        # %XX escapes are a file name's bytes, which need not be UTF-8 (as a file name's need not).
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path,
+                       errors="surrogateescape")
         if not path:
             raise InvalidParameterError(f"{url}: no file name (sqlite:///images.db)")
         if "\x00" in path:

@@ -68,10 +68,11 @@ def absolute_sqlite(database):
     """``database`` with a relative SQLite path made absolute: workers do not run in the
     submitter's directory."""
     parts = urlsplit(database)
-    path = unquote(parts.path[1:])
+    path = unquote(parts.path[1:], errors="surrogateescape")
     if parts.scheme.lower() != "sqlite" or not path or os.path.isabs(path) or path == ":memory:":
         return database
-    return "sqlite:///" + quote(os.path.abspath(path))
+    # A file name's bytes that are not UTF-8 go as %XX, which the store's URL parser turns back.
+    return "sqlite:///" + quote(os.path.abspath(path), errors="surrogateescape")
 
 
 def submit(lines, database=None, batch_size=DEFAULT_BATCH_SIZE, source="", app=None, jobs=None):
