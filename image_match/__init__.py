@@ -15,6 +15,7 @@ from .errors import (  # noqa: E402
     ImageMatchError,
     InvalidParameterError,
     RecordNotFoundError,
+    UnavailableError,
 )
 from .goldberg import (  # noqa: E402
     ImageSignature,
@@ -35,6 +36,7 @@ __all__ = [
     "ImageSignature",
     "InvalidParameterError",
     "RecordNotFoundError",
+    "UnavailableError",
     "is_featureless",
     "load_grey",
     "make_words",

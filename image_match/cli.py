@@ -52,6 +52,7 @@ def main(ctx, verbose, quiet):
     image-match add ~/Pictures                sign and store images (SQLite by default)
     image-match search photo.jpg              the stored copies of a picture
     image-match compare a.jpg b.jpg           the distance between two images
+    image-match serve                         the REST service on http://127.0.0.1:8000
 
     Exit status: 0 done, 1 failed (an unreadable image, an unreachable store), 2 a usage mistake.
     """
@@ -158,6 +159,31 @@ def _register_store_commands():
 
 
 _register_store_commands()
+
+
+# --- serve: the REST service (image_match.server) ------------------------------------------------
+
+@main.command(short_help="Run the REST service (dsys/match's API and /v1).")
+@click.option("--db", "db_url", metavar="URL", help="The store (default: $IMAGE_MATCH_DATABASE, "
+              "else the embedded SQLite file).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; not loopback needs API keys or --no-auth.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port (0: a free one).")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker processes.")
+@click.option("--no-auth", is_flag=True,
+              help="Serve without API keys (IMAGE_MATCH_API_KEYS) on any address.")
+def serve(db_url, host, port, workers, no_auth):
+    """Serve the store over HTTP until stopped (SIGTERM or Ctrl-C finish the requests in flight).
+
+    dsys/match's API at the root (/add, /search, /compare, /delete, /count, /list, /ping) and
+    the JSON API under /v1, described by /openapi.json. Prints the URL it serves on.
+    Needs pip install 'image-match[server]'.
+    """
+    from .server import serve as run
+
+    run(db_url, host, port, workers, no_auth, echo=lambda line: click.echo(line))
 
 
 # --- engine: a local OpenSearch / Elasticsearch node ----------------------------------------------

@@ -81,3 +81,16 @@ class RecordNotFoundError(DatabaseError, KeyError):
     def __str__(self):
         # KeyError would quote the message; keep it a plain line like every other error here.
         return Exception.__str__(self)
+
+
+class UnavailableError(ImageMatchError):
+    """Something the call needs cannot take it now: a service's queue of work is full, or the
+    broker of bulk ingestion does not answer. Retrying after ``retry_after`` seconds may succeed.
+    """
+
+    def __init__(self, message, retry_after=1):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.retry_after))

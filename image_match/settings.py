@@ -30,9 +30,21 @@ IMAGE_MATCH_INGEST_RETRY_DELAY            seconds before the first retry (then d
 IMAGE_MATCH_SIGNATURE_KERNEL              ``numpy``: sign with the numpy reference even    auto
                                           where the compiled kernel is built
                                           (``image_match.kernel``)
+IMAGE_MATCH_API_KEYS                      the service's keys, comma-separated: ``KEY`` may  (none: the service
+                                          read and write, ``KEY:read`` only read            answers loopback only)
+IMAGE_MATCH_NO_AUTH                       serve without keys on any address (--no-auth)     false
+IMAGE_MATCH_MAX_UPLOAD_BYTES              larger request bodies are refused (HTTP 413)      20971520 (20 MiB)
+IMAGE_MATCH_ALL_ORIENTATIONS              dsys/match's /search default for                  true
+                                          all_orientations
+IMAGE_MATCH_REQUEST_TIMEOUT               seconds a request may take (then HTTP 503)        30
+IMAGE_MATCH_SIGNING_PROCESSES             signing processes per service worker             cores / workers
+IMAGE_MATCH_SIGNING_QUEUE                 images a service worker may have waiting to be    64
+                                          signed; more are refused (HTTP 503)
+IMAGE_MATCH_STORE_CONNECTIONS             store calls at a time per service worker          8
 ========================================  ===============================================  =====================
 
-``image_match.tasks.config`` explains the ingestion settings' interplay.
+``image_match.tasks.config`` explains the ingestion settings' interplay, ``image_match.server``
+the service's.
 """
 
 import math
@@ -70,6 +82,14 @@ class Settings:
     ingest_max_retries: int
     ingest_retry_delay: float
     signature_kernel: str
+    api_keys: tuple
+    no_auth: bool
+    max_upload_bytes: int
+    all_orientations: bool
+    request_timeout: float
+    signing_processes: int
+    signing_queue: int
+    store_connections: int
 
 
 def auto_or_numpy(raw):
@@ -80,6 +100,15 @@ def auto_or_numpy(raw):
 
 def _split_list(raw):
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def boolean(raw):
+    if raw.lower() not in _TRUE + _FALSE:
+        raise ValueError(raw)
+    return raw.lower() in _TRUE
 
 
 # name (after the prefix) -> (default, converter, field of Settings, smallest value allowed)
@@ -100,6 +129,14 @@ _VARIABLES = {
     "INGEST_MAX_RETRIES": (8, int, "ingest_max_retries", 0),
     "INGEST_RETRY_DELAY": (2.0, float, "ingest_retry_delay", 0),
     "SIGNATURE_KERNEL": ("auto", auto_or_numpy, "signature_kernel", None),
+    "API_KEYS": ((), _split_list, "api_keys", None),
+    "NO_AUTH": (False, boolean, "no_auth", None),
+    "MAX_UPLOAD_BYTES": (20 * 1024 * 1024, int, "max_upload_bytes", 1),
+    "ALL_ORIENTATIONS": (True, boolean, "all_orientations", None),
+    "REQUEST_TIMEOUT": (30.0, float, "request_timeout", 0.1),
+    "SIGNING_PROCESSES": (0, int, "signing_processes", 0),
+    "SIGNING_QUEUE": (64, int, "signing_queue", 1),
+    "STORE_CONNECTIONS": (8, int, "store_connections", 1),
 }
 
 

@@ -795,7 +795,8 @@ class SignatureDatabaseBase:
                 raise InvalidParameterError(f"{name}={value!r}: must be an integer >= 0")
         if limit > MAX_PAGE * 10:
             raise InvalidParameterError(f"limit={limit}: at most {MAX_PAGE * 10} paths at a time")
-        return self._paths(offset, limit) if limit else []
+        # No store holds 2**63 records (SQLite cannot even be asked for them).
+        return self._paths(offset, limit) if limit and offset < 2 ** 63 else []
 
     def iter_records(self, batch_size=1000):
         """Every record, as ``get`` returns them, for export; in place of a damaged record (one

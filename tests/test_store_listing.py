@@ -114,7 +114,7 @@ def test_paths_at_an_offset_follow_the_page_order(store):
     assert store.paths(0, 20) == order
     assert store.paths(3, 4) == order[3:7]
     assert store.paths(10, 5) == order[10:]
-    assert store.paths(12, 5) == [] and store.paths(500, 5) == []
+    assert store.paths(12, 5) == [] and store.paths(500, 5) == [] and store.paths(2 ** 70) == []
     assert store.paths(2, 0) == []
     for bad in ((-1, 5), (0, -1), (0, 10 * MAX_PAGE + 1), ("1", 2)):
         with pytest.raises(InvalidParameterError):
