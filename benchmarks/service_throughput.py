@@ -15,16 +15,22 @@ Per store, in one run and on the same records:
 - with ``--dsys-match DIR``: dsys/match's ``server.py`` from that checkout under gunicorn
   (``--dsys-workers``, 4 as its Dockerfile), on image-match 1.1.2 installed ``--no-deps`` in a
   throwaway virtualenv (Flask and gunicorn from PyPI; numpy, Pillow, scikit-image and
-  elasticsearch-py 7 are this environment's), loaded the same way (``POST /search``). It speaks
-  to Elasticsearch only (elasticsearch-py 7.17 refuses OpenSearch), so this row runs on an
-  Elasticsearch 7.17 node (``--es7-url``, else one started from engines/) holding the same
-  records in image-match 1.x's document layout, which image-match 2's service is also run on.
+  elasticsearch-py 7 are this environment's), with its defaults (``ALL_ORIENTATIONS`` true, as
+  its Dockerfile), loaded the same way with the same call, ``POST /search``, which image-match
+  2's service is also loaded with (its dsys/match API, ``all_orientations`` true by default
+  too). It speaks to Elasticsearch only (elasticsearch-py 7.17
+  refuses OpenSearch), so these rows run on an Elasticsearch 7.17 node (``--es7-url``, else one
+  started from engines/): an index of the records in image-match 1.x's layout, which dsys/match
+  and image-match 2 both serve (what a dsys/match user gets by pointing ``image-match serve`` at
+  the index they have), and an index image-match 2 makes of the same pictures (what they get
+  once their images are added again).
 
 N is each of ``--concurrency`` (1, 8, 32); each level runs ``--seconds`` after a warm-up.
 Searches/s, p50 and p99 latency (ms) and errors are reported per row.
 
 ``--steady-seconds S`` adds an open-loop run at ``--steady-rate`` searches/s (50) against the
-service on the last store: each search is sent at its scheduled time whatever the answers do,
+service on ``--steady-store`` (OpenSearch): each search is sent at its scheduled time whatever
+the answers do,
 latency counted from that time; the service's memory (RSS of its process and its signing
 processes) is sampled every ``--rss-every`` seconds.
 
@@ -443,7 +449,7 @@ def serve_dsys(checkout, python, es_address, index, workers):
                    "-w", str(workers), "--chdir", str(checkout), "server:app"],
                   url=f"http://127.0.0.1:{port}",
                   env={"ELASTICSEARCH_URL": es_address, "ELASTICSEARCH_INDEX": index,
-                       "ELASTICSEARCH_DOC_TYPE": "_doc", "ALL_ORIENTATIONS": "false"})
+                       "ELASTICSEARCH_DOC_TYPE": "_doc", "ALL_ORIENTATIONS": "true"})
 
 
 def _free_port():
@@ -487,8 +493,9 @@ def fill_legacy(address, index, count):
 
 # --- the run -----------------------------------------------------------------------------------
 
-def measure(label, store_url, queries, args, rows, dsys=None, legacy=False):
-    """In-process and HTTP rows for one store; dsys/match's when ``dsys`` is its server."""
+def measure(label, store_url, queries, args, rows, dsys=None, dsys_api=False):
+    """In-process and HTTP rows for one store; with ``dsys_api`` also dsys/match's ``/search`` on
+    image-match 2's service, and dsys/match's own server's when ``dsys`` is one."""
     def in_process(data, state):
         store = state.get("store")
         if store is None:
@@ -507,6 +514,11 @@ def measure(label, store_url, queries, args, rows, dsys=None, legacy=False):
             result = run_client(served.url, "/v1/search", "image", queries,
                                 concurrency=concurrency, seconds=args.seconds, warmup=args.warmup)
             rows.append((label, "image-match serve, POST /v1/search", concurrency, result))
+            if dsys_api:
+                result = run_client(served.url, "/search", "image", queries,
+                                    concurrency=concurrency, seconds=args.seconds,
+                                    warmup=args.warmup)
+                rows.append((label, "image-match serve, POST /search", concurrency, result))
     finally:
         served.stop()
     if dsys is not None:
@@ -530,6 +542,7 @@ def main():
     parser.add_argument("--warmup", type=float, default=5.0, help="per level, not measured")
     parser.add_argument("--steady-seconds", type=float, default=0.0)
     parser.add_argument("--steady-rate", type=float, default=50.0)
+    parser.add_argument("--steady-store", default="opensearch", choices=["sqlite", "opensearch"])
     parser.add_argument("--rss-every", type=float, default=30.0)
     parser.add_argument("--dsys-match", type=Path, default=None, help="a dsys/match checkout")
     parser.add_argument("--dsys-workers", type=int, default=4)
@@ -543,58 +556,61 @@ def main():
     args = parser.parse_args()
 
     queries = query_images()
-    rows, notes, engines = [], [], []
+    rows, engines, steady = [], [], None
     started_load = os.getloadavg()
+
+    def steady_run(url):
+        served = serve_ours(url)
+        try:
+            log(f"steady: {args.steady_rate:g}/s for {args.steady_seconds:g} s on {url}")
+            return run_client(served.url, "/v1/search", "image", queries, rate=args.steady_rate,
+                              seconds=args.steady_seconds, sample_every=args.rss_every,
+                              pids=[served.process.pid])
+        finally:
+            served.stop()
+
+    def node(kind, given, folder):
+        if given:
+            return given.rstrip("/")
+        from image_match import local_engine
+
+        started = local_engine.start(kind, data_dir=folder, heap=args.heap)
+        engines.append(started)
+        return started.url
+
     try:
-        if "sqlite" in args.stores:
-            url = f"sqlite:///{args.sqlite}"
-            args.sqlite.parent.mkdir(parents=True, exist_ok=True)
+        for kind in args.stores:
+            if kind == "sqlite":
+                args.sqlite.parent.mkdir(parents=True, exist_ok=True)
+                url = f"sqlite:///{args.sqlite}"
+                label = f"SQLite, {args.records:,}"
+            else:
+                url = f"{node('opensearch', args.es_url, args.data_dir)}/service-bench-{args.records}"
+                label = f"OpenSearch 2.19, {args.records:,}"
             fill(url, args.records)
-            measure(f"SQLite, {args.records:,}", url, queries, args, rows)
-            last = url
-        if "opensearch" in args.stores:
-            address = args.es_url
-            if address is None:
-                from image_match import local_engine
-
-                node = local_engine.start("opensearch", data_dir=args.data_dir, heap=args.heap)
-                engines.append(node)
-                address = node.url
-            url = f"{address.rstrip('/')}/service-bench-{args.records}"
-            fill(url, args.records)
-            measure(f"OpenSearch, {args.records:,}", url, queries, args, rows)
-            last = url
+            measure(label, url, queries, args, rows)
+            if args.steady_seconds and kind == args.steady_store:
+                steady = steady_run(url)
+            while engines:  # each engine stopped once measured: it would load the others' runs
+                engines.pop().stop()
         if args.dsys_match is not None:
-            address = args.es7_url
-            if address is None:
-                from image_match import local_engine
-
-                node = local_engine.start("elasticsearch", data_dir=args.data_dir.parent / "es7",
-                                          heap=args.heap)
-                engines.append(node)
-                address = node.url
+            address = node("elasticsearch", args.es7_url, args.data_dir.parent / "es7")
             index = f"service-bench-1x-{args.records}"
             fill_legacy(address, index, args.records)
             python = dsys_venv(CACHE / "dsys-match-venv")
             dsys = serve_dsys(args.dsys_match.resolve(), python, address, index, args.dsys_workers)
             try:
                 measure(f"Elasticsearch 7.17, 1.x layout, {args.records:,}",
-                        f"{address.rstrip('/')}/{index}", queries, args, rows, dsys=dsys)
+                        f"{address}/{index}", queries, args, rows, dsys=dsys, dsys_api=True)
             finally:
                 dsys.stop()
-        steady = None
-        if args.steady_seconds:
-            served = serve_ours(last)
-            try:
-                log(f"steady: {args.steady_rate:g}/s for {args.steady_seconds:g} s on {last}")
-                steady = run_client(served.url, "/v1/search", "image", queries,
-                                    rate=args.steady_rate, seconds=args.steady_seconds,
-                                    sample_every=args.rss_every, pids=[served.process.pid])
-            finally:
-                served.stop()
+            ours = f"{address}/service-bench-{args.records}"
+            fill(ours, args.records)
+            measure(f"Elasticsearch 7.17, {args.records:,}", ours, queries, args, rows,
+                    dsys_api=True)
     finally:
-        for node in engines:
-            node.stop()
+        while engines:
+            engines.pop().stop()
     report(args, rows, steady, started_load)
 
 
@@ -611,17 +627,21 @@ def report(args, rows, steady, started_load):
     print_table(["store", "searches", "concurrency", "searches/s", "p50 ms", "p99 ms", "errors"],
                 table, file=buffer)
     lines.append(buffer.getvalue())
-    by_key = {(store, how.split(",")[0].split(" (")[0], c): r for store, how, c, r in rows}
+    by_key = {(store, how.split(",")[0].split(" (")[0], c, how.rpartition(" ")[2]
+               if "POST" in how else ""): r for store, how, c, r in rows}
+    dsys_rows = {c: r for (store, how, c, _), r in by_key.items() if how == "dsys/match"}
     for store in dict.fromkeys(store for store, _, _, _ in rows):
         for concurrency in args.concurrency:
-            ours = by_key.get((store, "image-match serve", concurrency))
-            inner = by_key.get((store, "search_image", concurrency))
-            dsys = by_key.get((store, "dsys/match", concurrency))
+            ours = by_key.get((store, "image-match serve", concurrency, "/v1/search"))
+            same_call = by_key.get((store, "image-match serve", concurrency, "/search"))
+            inner = by_key.get((store, "search_image", concurrency, ""))
+            dsys = dsys_rows.get(concurrency) if store.startswith("Elasticsearch") else None
             if ours and inner:
                 line = (f"{store}, concurrency {concurrency}: HTTP {ours['rate'] / inner['rate']:.0%} "
                         f"of in-process; p99/p50 over HTTP {ours['p99'] / ours['p50']:.1f}")
-                if dsys and dsys["rate"]:
-                    line += f"; {ours['rate'] / dsys['rate']:.1f}x dsys/match"
+                if dsys and dsys["rate"] and same_call:
+                    line += (f"; POST /search {same_call['rate'] / dsys['rate']:.1f}x "
+                             f"dsys/match's")
                 lines.append(line)
     if steady:
         rss = steady["rss"]
