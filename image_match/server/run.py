@@ -78,8 +78,8 @@ def serve(database=None, host="127.0.0.1", port=8000, workers=1, no_auth=False, 
     sock = _bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     echo(f"image-match {__version__} serving {_redacted(database)} on "
-         f"http://{shown}:{sock.getsockname()[1]} ({workers} worker{'s' if workers > 1 else ''}"
-         f"{', API keys' if keys else ', no API keys'})")
+         f"http://{shown}:{sock.getsockname()[1]} (pid {os.getpid()}, {workers} worker"
+         f"{'s' if workers > 1 else ''}, {'API keys' if keys else 'no API keys'})")
     uvicorn_config = uvicorn.Config(
         APP, factory=True, workers=workers, lifespan="on", access_log=False,
         log_config=_LOG_CONFIG, limit_concurrency=MAX_CONNECTIONS,
