@@ -9,7 +9,6 @@ test_server_limits.py, the OpenAPI schema's property-based run in test_server_sc
 """
 
 import io
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +20,7 @@ from PIL import Image
 from image_match.drivers import open_database
 from image_match.records import default_id
 
-from conftest import PHOTO, jpeg_bytes, photos, png_bytes, rgb
+from conftest import PHOTO, jpeg_bytes, photos, rgb
 from service_process import ServiceProcess
 from test_elasticsearch_driver import _Relay
 from image_match.drivers.elasticsearch import _parse_url

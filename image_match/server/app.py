@@ -9,11 +9,9 @@ worker process (``uvicorn image_match.server.app:create_app --factory`` does the
 import contextlib
 import logging
 import sys
-from http import HTTPStatus
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from .. import __version__, settings
@@ -21,6 +19,7 @@ from ..errors import ImageMatchError
 from . import dsys, metrics, ops, v1
 from .auth import Denied, Keys
 from .middleware import BodyTooLarge, Guard, Observe
+from .problems import problem, validation_message
 from .service import Service, http_status
 
 log = logging.getLogger("image_match.server")
@@ -133,24 +132,6 @@ def render(path, status, message, headers=None, generic=False):
     if dsys.owns(path):
         return dsys.failure(status, message, headers, generic)
     return problem(status, message, path, headers)
-
-
-def problem(status, message, instance=None, headers=None):
-    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status,
-            "detail": message}
-    if instance:
-        body["instance"] = instance
-    return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
-
-
-def validation_message(errors):
-    """One line for a request that does not fit its schema: the first field and what is wrong."""
-    if not errors:
-        return "the request does not fit the API's schema"
-    first = errors[0]
-    location = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body",))
-    message = first.get("msg", "invalid")
-    return f"{location}: {message}" if location else message
 
 
 def allowed_methods(app, scope):

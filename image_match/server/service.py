@@ -93,8 +93,10 @@ def http_status(error):
             return 422, {}
         return 502, ({"Retry-After": str(max(1, round(error.retry_after)))}
                      if error.retry_after else {})
-    if isinstance(error, (ImageLoadError, InvalidParameterError)):
-        return (422 if isinstance(error, ImageLoadError) else 400), {}
+    if isinstance(error, ImageLoadError):
+        return 422, {}
+    if isinstance(error, InvalidParameterError):
+        return 400, {}
     if isinstance(error, DatabaseError) and error.transient:
         return 503, {"Retry-After": str(RETRY_ENGINE)}
     return 500, {}
@@ -222,7 +224,7 @@ class Service:
         self._waiting += 1
         metrics.WAITING.inc()
 
-    def _release(self, *_):
+    def _release(self):
         self._waiting -= 1
         metrics.WAITING.dec()
 

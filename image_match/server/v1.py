@@ -21,6 +21,7 @@ from ..cli_common import json_scalar
 from ..errors import InvalidParameterError
 from ..signature_database_base import MAX_PAGE
 from . import access
+from .problems import problem_document, validation_message
 from .service import Image, UnsupportedMediaType, http_status
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -401,8 +402,6 @@ def _validated(model, data, strict):
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as error:
-        from .app import validation_message
-
         raise InvalidParameterError(validation_message(error.errors())) from None
 
 
@@ -423,13 +422,6 @@ def _record(record, signature):
         record.pop("signature", None)
         record.pop("windows", None)
     return record
-
-
-def _problem(error, instance):
-    status, _ = http_status(error)
-    from .app import problem
-
-    return json.loads(problem(status, str(error), instance).body)
 
 
 # --- routes --------------------------------------------------------------------------------------
@@ -514,7 +506,8 @@ async def search_batch(request: Request, service=Depends(access.service)):
                                          **fields.options())
     return JSONResponse({"results": [
         {"matches": outcome.matches} if outcome.error is None
-        else {"error": _problem(outcome.error, request.url.path)} for outcome in outcomes]})
+        else {"error": problem_document(http_status(outcome.error)[0], str(outcome.error),
+                                        request.url.path)} for outcome in outcomes]})
 
 
 @router.post("/compare", dependencies=[access.read],
