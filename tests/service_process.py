@@ -47,8 +47,8 @@ class ServiceProcess:
             try:
                 if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or its workers still starting (the socket is open)
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.process.kill()
                 raise RuntimeError(f"the service did not answer:\n{self.log()}")

@@ -3,6 +3,7 @@ not depend on the store): the bounded signing queue, the request timeout, gracef
 loopback-only rule without keys, several worker processes, bulk ingestion jobs on real Celery
 workers and Redis, and what ``image-match serve`` refuses before it listens."""
 
+import os
 import signal
 import socket
 import threading
@@ -243,3 +244,18 @@ def test_answers_leave_without_waiting_for_delayed_acks():
 
     asyncio.run(check())
     assert seen and seen[0] != 0
+
+
+def test_jobs_without_celery_get_501(database, tmp_path):
+    """A service whose Python has no Celery (here: an import of it that fails) serves everything
+    but jobs, which say what to install."""
+    missing = tmp_path / "no-celery" / "celery"
+    missing.mkdir(parents=True)
+    (missing / "__init__.py").write_text("raise ImportError('no Celery here', name='celery')\n")
+    env = {"PYTHONPATH": f"{missing.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with ServiceProcess(database, env) as service:
+        response = requests.post(service.url + "/v1/jobs", json={"urls": ["http://a.org/b.jpg"]})
+        problem(response, 501, "pip install 'image-match[celery]'")
+        problem(requests.get(service.url + "/v1/jobs/abc"), 501, "celery is missing")
+        assert requests.post(service.url + "/v1/search",
+                             files={"image": upload(PHOTO.read_bytes())}).status_code == 200
