@@ -25,8 +25,12 @@ Per store, in one run and on the same records:
   the index they have), and an index image-match 2 makes of the same pictures (what they get
   once their images are added again).
 
-N is each of ``--concurrency`` (1, 8, 32); each level runs ``--seconds`` after a warm-up.
-Searches/s, p50 and p99 latency (ms) and errors are reported per row.
+N is each of ``--concurrency`` (1, 8, 32; the Elasticsearch 7.17 rows ``--dsys-concurrency``, 1
+and 8); each level runs ``--seconds`` after a warm-up, every way back to back, and the whole is
+done ``--runs`` times (3). The table gives each row's medians (searches/s, p50 and p99 latency in
+ms) and its errors; the ratios below it (HTTP over in-process, ours over dsys/match's) are taken
+within a run, then their median and range given: the machine is shared, and a ratio of two loads
+measured the same minute moves far less than either.
 
 ``--steady-seconds S`` adds an open-loop run at ``--steady-rate`` searches/s (50) against the
 service on ``--steady-store`` (OpenSearch): each search is sent at its scheduled time whatever
@@ -54,6 +58,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -492,9 +497,11 @@ def fill_legacy(address, index, count):
 
 # --- the run -----------------------------------------------------------------------------------
 
-def measure(label, store_url, queries, args, rows, dsys=None, dsys_api=False):
-    """In-process and HTTP rows for one store; with ``dsys_api`` also dsys/match's ``/search`` on
-    image-match 2's service, and dsys/match's own server's when ``dsys`` is one."""
+def measure(label, store_url, queries, args, rows, levels, dsys=None, dsys_api=False):
+    """In-process and HTTP rows for one store at each concurrency of ``levels``, ``args.runs``
+    times; in each run a level is measured every way back to back, so that a ratio compares loads
+    of the same minute. With ``dsys_api`` also dsys/match's call, ``POST /search``, on image-match
+    2's service, and on dsys/match's own server when ``dsys`` is one."""
     def in_process(data, state):
         store = state.get("store")
         if store is None:
@@ -502,49 +509,51 @@ def measure(label, store_url, queries, args, rows, dsys=None, dsys_api=False):
         store.search_image(data, bytestream=True)
         return True
 
-    for concurrency in args.concurrency:
-        log(f"{label}: in process, {concurrency} threads")
-        result = closed_loop(in_process, queries, concurrency, args.seconds, args.warmup)
-        rows.append((label, "search_image, in process", concurrency, result))
+    def over_http(url, path, concurrency):
+        return run_client(url, path, "image", queries, concurrency=concurrency,
+                          seconds=args.seconds, warmup=args.warmup)
+
     served = serve_ours(store_url)
     try:
-        for concurrency in args.concurrency:
-            log(f"{label}: image-match serve, {concurrency} connections")
-            result = run_client(served.url, "/v1/search", "image", queries,
-                                concurrency=concurrency, seconds=args.seconds, warmup=args.warmup)
-            rows.append((label, "image-match serve, POST /v1/search", concurrency, result))
-            if dsys_api:
-                result = run_client(served.url, "/search", "image", queries,
-                                    concurrency=concurrency, seconds=args.seconds,
-                                    warmup=args.warmup)
-                rows.append((label, "image-match serve, POST /search", concurrency, result))
+        for run in range(args.runs):
+            for concurrency in levels:
+                log(f"{label}, run {run + 1}/{args.runs}, concurrency {concurrency}")
+                rows.append((label, "search_image, in process", concurrency, run, closed_loop(
+                    in_process, queries, concurrency, args.seconds, args.warmup)))
+                rows.append((label, "image-match serve, POST /v1/search", concurrency, run,
+                             over_http(served.url, "/v1/search", concurrency)))
+                if dsys_api:
+                    rows.append((label, "image-match serve, POST /search", concurrency, run,
+                                 over_http(served.url, "/search", concurrency)))
+                if dsys is not None:
+                    rows.append((label, f"dsys/match ({args.dsys_workers} gunicorn workers), "
+                                        "POST /search", concurrency, run,
+                                 over_http(dsys.url, "/search", concurrency)))
     finally:
         served.stop()
-    if dsys is not None:
-        for concurrency in args.concurrency:
-            log(f"{label}: dsys/match, {concurrency} connections")
-            result = run_client(dsys.url, "/search", "image", queries, concurrency=concurrency,
-                                seconds=args.seconds, warmup=args.warmup)
-            rows.append((label, f"dsys/match ({args.dsys_workers} gunicorn workers), "
-                                "POST /search", concurrency, result))
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         return client_main()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stores", nargs="+", default=["sqlite", "opensearch"],
+    parser.add_argument("--stores", nargs="*", default=["sqlite", "opensearch"],
                         choices=["sqlite", "opensearch"])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=30.0, help="per level, measured")
     parser.add_argument("--warmup", type=float, default=5.0, help="per level, not measured")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="rounds of every measurement; the table gives their medians")
     parser.add_argument("--steady-seconds", type=float, default=0.0)
     parser.add_argument("--steady-rate", type=float, default=50.0)
     parser.add_argument("--steady-store", default="opensearch", choices=["sqlite", "opensearch"])
     parser.add_argument("--rss-every", type=float, default=30.0)
     parser.add_argument("--dsys-match", type=Path, default=None, help="a dsys/match checkout")
     parser.add_argument("--dsys-workers", type=int, default=4)
+    parser.add_argument("--dsys-concurrency", type=int, nargs="+", default=[1, 8],
+                        help="the levels of the Elasticsearch 7.17 rows (dsys/match's searches "
+                             "are slow: 32 connections would only queue on its workers)")
     parser.add_argument("--es-url", help="an OpenSearch node of one's own (else one is started)")
     parser.add_argument("--es7-url", help="an Elasticsearch 7.17 node for the dsys/match rows")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/service/os"))
@@ -587,7 +596,7 @@ def main():
                 url = f"{node('opensearch', args.es_url, args.data_dir)}/service-bench-{args.records}"
                 label = f"OpenSearch 2.19, {args.records:,}"
             fill(url, args.records)
-            measure(label, url, queries, args, rows)
+            measure(label, url, queries, args, rows, args.concurrency)
             if args.steady_seconds and kind == args.steady_store:
                 steady = steady_run(url)
             while engines:  # each engine stopped once measured: it would load the others' runs
@@ -600,13 +609,14 @@ def main():
             dsys = serve_dsys(args.dsys_match.resolve(), python, address, index, args.dsys_workers)
             try:
                 measure(f"Elasticsearch 7.17, 1.x layout, {args.records:,}",
-                        f"{address}/{index}", queries, args, rows, dsys=dsys, dsys_api=True)
+                        f"{address}/{index}", queries, args, rows, args.dsys_concurrency,
+                        dsys=dsys, dsys_api=True)
             finally:
                 dsys.stop()
             ours = f"{address}/service-bench-{args.records}"
             fill(ours, args.records)
             measure(f"Elasticsearch 7.17, {args.records:,}", ours, queries, args, rows,
-                    dsys_api=True)
+                    args.dsys_concurrency, dsys_api=True)
     finally:
         while engines:
             engines.pop().stop()
@@ -617,31 +627,62 @@ def report(args, rows, steady, started_load):
     def ms(value):
         return "-" if value is None else f"{value:.1f}"
 
-    table = [(store, how, concurrency, f"{r['rate']:.1f}", ms(r["p50"]), ms(r["p99"]),
-              r["errors"]) for store, how, concurrency, r in rows]
+    def median(results, key):
+        values = [r[key] for r in results if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    grouped = {}  # (store, how, concurrency) -> the result of each run, in the order measured
+    for store, how, concurrency, _, result in rows:
+        grouped.setdefault((store, how, concurrency), []).append(result)
+    table = [(store, how, concurrency, f"{median(results, 'rate'):.1f}",
+              ms(median(results, "p50")), ms(median(results, "p99")),
+              sum(r["errors"] for r in results))
+             for (store, how, concurrency), results in grouped.items()]
     lines = [f"python benchmarks/service_throughput.py {' '.join(sys.argv[1:])}",
              machine_line(), f"load average at start {started_load[0]:.1f}, at end "
-             f"{os.getloadavg()[0]:.1f} (1 min)", ""]
+             f"{os.getloadavg()[0]:.1f} (1 min)",
+             f"medians of {args.runs} runs of {args.seconds:g} s a row (after {args.warmup:g} s "
+             "of warm-up); ratios are of rows of the same run (median, and the runs' range)", ""]
     buffer = io.StringIO()
     print_table(["store", "searches", "concurrency", "searches/s", "p50 ms", "p99 ms", "errors"],
                 table, file=buffer)
     lines.append(buffer.getvalue())
-    by_key = {(store, how.split(",")[0].split(" (")[0], c, how.rpartition(" ")[2]
-               if "POST" in how else ""): r for store, how, c, r in rows}
-    dsys_rows = {c: r for (store, how, c, _), r in by_key.items() if how == "dsys/match"}
-    for store in dict.fromkeys(store for store, _, _, _ in rows):
-        for concurrency in args.concurrency:
-            ours = by_key.get((store, "image-match serve", concurrency, "/v1/search"))
-            same_call = by_key.get((store, "image-match serve", concurrency, "/search"))
-            inner = by_key.get((store, "search_image", concurrency, ""))
-            dsys = dsys_rows.get(concurrency) if store.startswith("Elasticsearch") else None
-            if ours and inner:
-                line = (f"{store}, concurrency {concurrency}: HTTP {ours['rate'] / inner['rate']:.0%} "
-                        f"of in-process; p99/p50 over HTTP {ours['p99'] / ours['p50']:.1f}")
-                if dsys and dsys["rate"] and same_call:
-                    line += (f"; POST /search {same_call['rate'] / dsys['rate']:.1f}x "
-                             f"dsys/match's")
-                lines.append(line)
+
+    def per_run(store, how, concurrency):
+        return {run: result for s, h, c, run, result in rows
+                if (s, h, c) == (store, how, concurrency)}
+
+    def ratio(numerator, denominator, form):
+        values = [numerator[run]["rate"] / denominator[run]["rate"] for run in numerator
+                  if run in denominator and denominator[run]["rate"]]
+        if not values:
+            return None
+        return (f"{form(statistics.median(values))} ({form(min(values))}-{form(max(values))})"
+                if len(values) > 1 else form(values[0]))
+
+    def percent(value):
+        return f"{value:.0%}"
+
+    def times(value):
+        return f"{value:.1f}x"
+
+    dsys_how = f"dsys/match ({args.dsys_workers} gunicorn workers), POST /search"
+    for store in dict.fromkeys(store for store, _, _, _, _ in rows):
+        for concurrency in sorted({c for s, _, c, _, _ in rows if s == store}):
+            ours = per_run(store, "image-match serve, POST /v1/search", concurrency)
+            inner = per_run(store, "search_image, in process", concurrency)
+            if not ours or not inner:
+                continue
+            tails = [r["p99"] / r["p50"] for r in ours.values() if r["p50"]]
+            line = (f"{store}, concurrency {concurrency}: HTTP "
+                    f"{ratio(ours, inner, percent)} of in-process; p99/p50 over HTTP "
+                    f"{statistics.median(tails):.1f} ({min(tails):.1f}-{max(tails):.1f})")
+            dsys = per_run(store, dsys_how, concurrency)
+            if dsys:
+                same_call = per_run(store, "image-match serve, POST /search", concurrency)
+                line += (f"; POST /search {ratio(same_call, dsys, times)} dsys/match's, "
+                         f"POST /v1/search {ratio(ours, dsys, times)}")
+            lines.append(line)
     if steady:
         rss = steady["rss"]
         lines += ["", f"steady {args.steady_rate:g} searches/s for {args.steady_seconds:g} s: "
