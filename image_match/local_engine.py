@@ -214,18 +214,31 @@ def start(kind="opensearch", port=None, data_dir=None, heap="512m", timeout=180,
           settings=None, stop_with_caller=False, java=None, mvn="mvn"):
     """Build if needed, start a node, wait until it answers, and return its :class:`LocalEngine`.
 
-    port: the HTTP port on 127.0.0.1; None lets the node bind a free one itself (no race between
+    Parameters
+    ----------
+    kind : {"opensearch", "elasticsearch"}
+        OpenSearch 2.19 or Elasticsearch 7.17, from the launchers in ``engines/``.
+    port : int or None
+        The HTTP port on 127.0.0.1; None lets the node bind a free one itself (no race between
         choosing a port and binding it), which is then read back from the launcher.
-    data_dir: the node's folder (created if needed); default :func:`default_data_dir`. One node per
+    data_dir : path or None
+        The node's folder (created if needed); default :func:`default_data_dir`. One node per
         folder: starting a second raises ImageMatchError naming the running one.
-    heap: the JVM heap, both -Xms and -Xmx ("512m", "2g"). At 512m an idle node's resident memory
+    heap : str
+        The JVM heap, both -Xms and -Xmx ("512m", "2g"). At 512m an idle node's resident memory
         is 250-350 MB, up to about heap + 200 MB under load; give large benchmarks more.
-    timeout: seconds to wait for the cluster health to be yellow or green. On expiry the node is
+    timeout : float
+        Seconds to wait for the cluster health to be yellow or green. On expiry the node is
         killed and ImageMatchError carries the end of its log.
-    settings: extra engine settings, e.g. ``{"thread_pool.write.queue_size": 2000}``.
-    stop_with_caller: stop the node when this Python process ends, even if it is killed (for test
-        runs); leave False for a node that must outlive the command that started it.
-    java: the java executable; default ``$JAVA_HOME/bin/java`` or ``java`` on PATH.
+    settings : dict or None
+        Extra engine settings, e.g. ``{"thread_pool.write.queue_size": 2000}``.
+    stop_with_caller : bool
+        Stop the node when this Python process ends, even if it is killed (for test runs); leave
+        False for a node that must outlive the command that started it.
+    java : str or None
+        The java executable; default ``$JAVA_HOME/bin/java`` or ``java`` on PATH.
+    mvn : str
+        The Maven executable that builds the launcher.
     """
     _check_kind(kind)
     if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):

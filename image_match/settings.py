@@ -19,14 +19,15 @@ IMAGE_MATCH_FETCH_MAX_REDIRECTS           redirects followed before giving up   
 IMAGE_MATCH_FETCH_ALLOWLIST               host names and CIDR ranges allowed although      (empty)
                                           private, loopback or reserved (comma-separated)
 IMAGE_MATCH_FETCH_PER_HOST_CONCURRENCY    simultaneous fetches per host in one process     4
-IMAGE_MATCH_VISIBILITY_TIMEOUT            the longest a batch may run; the broker delivers  600
-                                          again a message unsettled for this long
-IMAGE_MATCH_INGEST_LEASE                  seconds a worker holds a batch without renewing   30
+IMAGE_MATCH_VISIBILITY_TIMEOUT            the longest a batch may run; the broker          600
+                                          delivers again a message unsettled this long
+IMAGE_MATCH_INGEST_LEASE                  seconds a worker holds a batch without renewing  30
                                           its lease: a dead worker's batches come back
-                                          after this (a live one renews every third of it)
-IMAGE_MATCH_INGEST_THREADS                downloads at a time per ingestion worker process  8
-IMAGE_MATCH_INGEST_MAX_RETRIES            retries of a transient ingestion failure          8
-IMAGE_MATCH_INGEST_RETRY_DELAY            seconds before the first retry (then doubled)     2
+                                          after it (a live one renews every third of it)
+IMAGE_MATCH_INGEST_THREADS                downloads at a time per ingestion worker         8
+                                          process
+IMAGE_MATCH_INGEST_MAX_RETRIES            retries of a transient ingestion failure         8
+IMAGE_MATCH_INGEST_RETRY_DELAY            seconds before the first retry (then doubled)    2
 IMAGE_MATCH_SIGNATURE_KERNEL              ``numpy``: sign with the numpy reference even    auto
                                           where the compiled kernel is built
                                           (``image_match.kernel``)

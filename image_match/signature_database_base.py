@@ -8,7 +8,7 @@ primitive                   what the driver does
 ==========================  =====================================================================
 ``_insert(records)``        store whole records, replacing those with the same ids, one round
                             trip; return per record None or the reason it was refused
-``_candidates(words, ...)`` for each row of query words, the records sharing the most words (with
+``_candidates(words,...)``  for each row of query words, the records sharing the most words (with
                             their signatures), filtered by a metadata filter; one round trip
 ``_get(ids)``               the records with these ids ({id: Record}; a damaged record may be
                             the DatabaseError naming it)

@@ -4,22 +4,22 @@ and why. Needs redis-py only (not Celery): ``image-match job`` reads jobs with i
 Keys, all expiring ``IMAGE_MATCH_RESULT_TTL`` seconds after the job's last activity
 (``<job>`` is ``image-match:job:<id>``):
 
-==================  ======  ==========================================================================
-key                 type    what
-==================  ======  ==========================================================================
-``<job>``           hash    ``created`` and ``finished`` (epoch seconds), ``database`` (password masked),
-                            ``source`` (what was ingested), ``submitted`` (items sent so far),
-                            ``total`` (once the submission is complete; until then: "submitting")
-``<job>:done``      set     the items stored
-``<job>:failed``    hash    item -> JSON ``{"source", "reason", "status", "attempts"}``
-``<job>:batches``   hash    batch -> JSON ``{"items", "attempt", "database"}``, until the batch is settled
-``<job>:queued``    zset    batches sent and not started, scored by when they were sent
-``<job>:leased``    zset    batches started (or waiting for their retry time), scored by the time by
-                            which they must be settled
-``image-match:jobs`` zset   the jobs not finished (what the reapers look at)
-``image-match:workers`` zset the workers alive, scored by when that stops being true unless
-                            they say so again (``announce_worker``)
-==================  ======  ==========================================================================
+=========================  ======  ==========================================================================
+key                        type    what
+=========================  ======  ==========================================================================
+``<job>``                  hash    ``created`` and ``finished`` (epoch seconds), ``database`` (password masked),
+                                   ``source`` (what was ingested), ``submitted`` (items sent so far),
+                                   ``total`` (once the submission is complete; until then: "submitting")
+``<job>:done``             set     the items stored
+``<job>:failed``           hash    item -> JSON ``{"source", "reason", "status", "attempts"}``
+``<job>:batches``          hash    batch -> JSON ``{"items", "attempt", "database"}``, until the batch is settled
+``<job>:queued``           zset    batches sent and not started, scored by when they were sent
+``<job>:leased``           zset    batches started (or waiting for their retry time), scored by the time by
+                                   which they must be settled
+``image-match:jobs``       zset    the jobs not finished (what the reapers look at)
+``image-match:workers``    zset    the workers alive, scored by when that stops being true unless
+                                   they say so again (``announce_worker``)
+=========================  ======  ==========================================================================
 
 An item is its line number in the submitted file. A message on the queue names a batch, whose
 items are read from ``<job>:batches`` when a worker starts it (``start``). Outcomes are written by
