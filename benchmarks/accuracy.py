@@ -548,6 +548,27 @@ def original_pairs_below(distances, negative, owner, limit):
     return int(np.unique(pairs, axis=1).shape[1])
 
 
+def negative_pairs(count, owner, excluded):
+    """(S, F) bool: the pairs (stored original, query file) of different pictures: the file was
+    made neither from that original nor on its photo (an inset's background)."""
+    rows = np.arange(count)[:, None]
+    return (owner[None, :] != rows) & (excluded[None, :] != rows)
+
+
+def saved_distances(distances, files, held_out):
+    """What ``--distances`` keeps of a method: each copy's distance to its original, its
+    transformation and share, and the distance of every pair of different pictures, whole corpus
+    and held-out share (both members held out)."""
+    copies = np.flatnonzero(files.kind >= 0)
+    negative = negative_pairs(distances.shape[0], files.owner, files.excluded)
+    held_out_pairs = held_out[:, None] & held_out[files.owner][None, :]
+    return {"positives": distances[files.owner[copies], copies].astype(np.float32),
+            "kinds": files.kind[copies],
+            "positives_held_out": held_out[files.owner[copies]],
+            "negatives": distances[negative].astype(np.float32),
+            "negatives_held_out": held_out_pairs[negative]}
+
+
 def evaluate(distances, owner, kind, excluded, names):
     """The metrics of one method.
 
@@ -570,8 +591,7 @@ def evaluate(distances, owner, kind, excluded, names):
         "recall_fpr" {fpr}, "recall_cutoff" {cutoff}, "fpr_cutoff" {cutoff}, "auc"; "fpr_cutoff"
         also for "originals" (original x original) and "all".
     """
-    rows = np.arange(distances.shape[0])[:, None]
-    negative = (owner[None, :] != rows) & (excluded[None, :] != rows)
+    negative = negative_pairs(distances.shape[0], owner, excluded)
     negatives = np.sort(distances[negative])
     thresholds = {fpr: threshold_at(negatives, fpr) for fpr in FPRS}
     result = {"originals": distances.shape[0], "negatives": negatives.size,
@@ -1199,6 +1219,9 @@ def main(argv=None):
                         "tables beside it (default: benchmarks/results/accuracy.txt and "
                         "accuracy-search.txt for runs over the whole corpus and every "
                         "transformation; the first only with every method)")
+    parser.add_argument("--distances", type=Path, metavar="FILE.npz",
+                        help="also save every positive and negative pair's distance of each "
+                        "Goldberg method (for benchmarks/plot_distances.py)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     jobs = max(1, args.jobs)
@@ -1225,10 +1248,14 @@ def main(argv=None):
     held_out = np.array([is_held_out(path) for path in originals])
     check_rng = np.random.default_rng(args.seed)
     rows = np.arange(len(originals))
+    saved = {}
     for method in methods:
         distances = method_distances(method, table, rows, failed[method.feature])
         if method.goldberg:
             check_distances(method, table, distances, rows, check_rng)
+            if args.distances is not None:
+                saved.update({f"{method.name}/{key}": value for key, value
+                              in saved_distances(distances, files, held_out).items()})
         results[method.name] = evaluate(distances, files.owner, files.kind, files.excluded, names)
         for share, kept in zip(SHARES, (~held_out, held_out)):
             if kept.any():
@@ -1237,6 +1264,10 @@ def main(argv=None):
 
     command = " ".join(["python benchmarks/accuracy.py"]
                        + (argv if argv is not None else sys.argv[1:]))
+    if args.distances is not None:
+        np.savez_compressed(args.distances, names=np.array(names), command=np.array(command),
+                            **saved)
+        print(f"saved {args.distances}", file=sys.stderr)
     header = [
         f"{command}\n",
         f"{machine_line()}; corpus {folder}: {len(originals)} originals x {len(names)} "
