@@ -31,8 +31,8 @@ IMAGE_MATCH_INGEST_RETRY_DELAY            seconds before the first retry (then d
 IMAGE_MATCH_SIGNATURE_KERNEL              ``numpy``: sign with the numpy reference even    auto
                                           where the compiled kernel is built
                                           (``image_match.kernel``)
-IMAGE_MATCH_API_KEYS                      the service's keys, comma-separated: ``KEY`` may  (none: the service
-                                          read and write, ``KEY:read`` only read            answers loopback only)
+IMAGE_MATCH_API_KEYS                      the service's keys, comma-separated: ``KEY``     (none: the service
+                                          may read and write, ``KEY:read`` only read       answers loopback only)
 IMAGE_MATCH_NO_AUTH                       serve without keys on any address (--no-auth)     false
 IMAGE_MATCH_MAX_UPLOAD_BYTES              larger request bodies are refused (HTTP 413)      20971520 (20 MiB)
 IMAGE_MATCH_ALL_ORIENTATIONS              dsys/match's /search default for                  true
