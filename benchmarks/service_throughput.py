@@ -182,9 +182,29 @@ def fill(url, count, legacy=False):
         failed = [r for r in results if not isinstance(r, str)]
         if failed:
             raise SystemExit(f"{url}: {failed[0]}")
-    store.refresh()
+    settle(store, count)
     log(f"{url}: {count} records stored in {time.perf_counter() - started:.0f} s")
     return store
+
+
+def settle(store, count, patience=600):
+    """Refresh until all ``count`` records are searchable: on a busy machine an engine's refresh of
+    a fresh 100k-record index can outlast the client's 30 s read timeout (it goes on regardless)."""
+    from image_match.errors import DatabaseError
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            store.refresh()
+            if store.count() == count:
+                return
+        except DatabaseError as error:
+            if not error.transient or time.monotonic() > deadline:
+                raise
+            log(f"{store.location}: {error}; waiting")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{store.location}: {store.count()} of {count} records searchable")
+        time.sleep(5)
 
 
 # --- load ------------------------------------------------------------------------------------

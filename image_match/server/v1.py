@@ -154,8 +154,11 @@ class Problem(BaseModel):
 class Match(BaseModel):
     id: str
     path: str
-    dist: float
-    score: Optional[float]
+    dist: float = Field(description="normalized distance to the query: 0 the same picture; "
+                                    "below the cutoff a copy")
+    score: Optional[float] = Field(description="the store's score of the candidate (its words "
+                                               "shared with the query, rare ones weighing more); "
+                                               "not dsys/match's (1 - dist) * 100")
     metadata: Optional[Dict[str, Any]]
 
 
