@@ -469,13 +469,24 @@ def _import_item(line):
               help="A new store also keeps the signatures of each image's central 50% and 75% "
                    "(about 3 times the index), so that copies cropped to their centre are found. "
                    "An existing store keeps its own setting (given here, it must have them).")
+@click.option("--shards", type=click.IntRange(1), default=None,
+              help="OpenSearch/Elasticsearch: primary shards of a new index (default 1).")
+@click.option("--replicas", type=click.IntRange(0), default=None,
+              help="OpenSearch/Elasticsearch: replicas of each shard of a new index (default: 1 "
+                   "once the cluster has a second node, else 0).")
 @db_option
 @output_options
-def init(variant, crop_windows, db_url, as_json):
+def init(variant, crop_windows, shards, replicas, db_url, as_json):
     """Create the store if it does not exist, and say what it holds."""
     options = {"variant": variant} if variant else {}
     if crop_windows:
         options["crop_windows"] = True
+    for name, value in (("shards", shards), ("replicas", replicas)):
+        if value is not None:
+            if not str(database_url(db_url)).startswith(("http://", "https://")):
+                raise InvalidParameterError(f"--{name} is for an OpenSearch or Elasticsearch "
+                                            "store (--db http://...)")
+            options[name] = value
     db = open_store(db_url, create=True, **options)
     description = db.describe()
     variant = db.gis.parameters()["variant"]

@@ -320,6 +320,10 @@ def test_init_and_drop(tmp_path, monkeypatch):
     assert lines(run("init", "--json", "--db", url))[0]["variant"] == "paper"  # kept
     conflict = run("init", "--db", url, "--variant", "1.x")
     assert conflict.exit_code == 2 and "variant='paper'" in only_line(conflict)
+    for option in ("--shards", "--replicas"):
+        no_shards = run("init", "--db", url, option, "2")
+        assert no_shards.exit_code == 2 and only_line(no_shards) == (
+            f"error: {option} is for an OpenSearch or Elasticsearch store (--db http://...)")
 
     refused = run("drop", "--db", url)  # no terminal, no --yes
     assert refused.exit_code == 2

@@ -3,6 +3,7 @@ export/import, the store commands against the engine, and `engine start|status|s
 
 import json
 import os
+import urllib.request
 import uuid
 from datetime import datetime
 
@@ -78,8 +79,12 @@ def test_store_commands_on_the_engine(index_url, tmp_path):
     copy = tmp_path / "copy.jpg"
     with Image.open(photo) as image:
         image.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(copy, quality=80)
-    created = run("init", "--json", "--db", index_url)
+    created = run("init", "--json", "--db", index_url, "--shards", "2", "--replicas", "0")
     assert created.exit_code == 0 and lines(created)[0]["engine"].startswith("OpenSearch")
+    base, index = index_url.rsplit("/", 1)
+    settings = json.loads(urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+        f"{base}/{index}/_settings").read())[index]["settings"]["index"]
+    assert (settings["number_of_shards"], settings["number_of_replicas"]) == ("2", "0")
     added = run("add", "--json", "--db", index_url, photo, copy, photos()[1])
     assert lines(added)[-1] == {"added": 3, "replaced": 0, "failed": 0}
     again = run("add", "--json", "--db", index_url, photo)
