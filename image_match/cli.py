@@ -17,7 +17,7 @@ import numpy as np
 from . import __version__, kernel
 from .cli_common import (CUTOFF, EXIT_FAILURE, EXIT_USAGE, Context, Group,  # noqa: F401
                          json_line, output_options, print_file_names_as_they_are)
-from .errors import ImageMatchError
+from .errors import ImageMatchError, InvalidParameterError
 from .goldberg import (DIHEDRAL_NAMES, VARIANTS, ImageSignature, distance_matrix, is_featureless,
                        query_margins, query_part_names)
 from .signature_database_base import DEFAULT_CUTOFF
@@ -206,8 +206,24 @@ def _engine_dirs(kind, data_dir):
 
 
 def _engine_state(running):
-    return {"running": True, "kind": running.kind, "version": running.version, "url": running.url,
-            "pid": running.pid, "data_dir": str(running.data_dir), "log": str(running.log_path)}
+    state = {"running": True, "kind": running.kind, "version": running.version, "url": running.url,
+             "pid": running.pid, "data_dir": str(running.data_dir), "log": str(running.log_path)}
+    if _is_cluster(running):
+        state["nodes"] = running.urls
+    return state
+
+
+def _is_cluster(running):
+    from .local_engine import LocalCluster
+
+    return isinstance(running, LocalCluster)
+
+
+def _cluster_note(running):
+    if not _is_cluster(running):
+        return ""
+    return f"; a cluster of {len(running.nodes)} nodes, {len(running.urls)} running: " + \
+        " ".join(running.urls)
 
 
 @engine.command("start")
@@ -220,19 +236,30 @@ def _engine_state(running):
               help="The node's folder (default: image-match/engines/KIND in the user's data directory).")
 @click.option("--kind", type=click.Choice(["opensearch", "elasticsearch"]), default="opensearch",
               show_default=True, help="Which engine.")
+@click.option("--nodes", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="Nodes: more than one forms a cluster on loopback (each index then keeps a "
+                   "replica of every shard on another node).")
 @output_options
 @click.pass_obj
-def engine_start(state, port, heap, timeout, data_dir, kind, as_json):
-    """Start a node in the background; it runs until `image-match engine stop`."""
+def engine_start(state, port, heap, timeout, data_dir, kind, nodes, as_json):
+    """Start a node (or a cluster of --nodes) in the background; it runs until `image-match
+    engine stop`."""
     from . import local_engine
 
-    state.info(f"starting {kind} (the first start builds it with Maven)...")
-    started = local_engine.start(kind, port=port, data_dir=data_dir, heap=heap, timeout=timeout)
+    if nodes > 1 and port is not None:
+        raise InvalidParameterError("--port is for one node; a cluster's nodes take free ports")
+    state.info(f"starting {kind}{f' ({nodes} nodes)' if nodes > 1 else ''} (the first start "
+               "builds it with Maven)...")
+    if nodes > 1:
+        started = local_engine.start_cluster(kind, nodes=nodes, data_dir=data_dir, heap=heap,
+                                             timeout=timeout)
+    else:
+        started = local_engine.start(kind, port=port, data_dir=data_dir, heap=heap, timeout=timeout)
     if as_json:
         json_line(_engine_state(started))
     else:
         click.echo(f"{kind} {started.version} running at {started.url} (pid {started.pid}, "
-                   f"data {started.data_dir})")
+                   f"data {started.data_dir})" + _cluster_note(started))
         state.info(f"use it: --db {started.url}/images, or export "
                    f"IMAGE_MATCH_DATABASE={started.url}/images")
 
@@ -253,7 +280,11 @@ def engine_stop(data_dir, kind, as_json):
         json_line({"stopped": [dict(_engine_state(node), running=False) for node in stopped]})
     elif stopped:
         for node in stopped:
-            click.echo(f"stopped {node.kind} at {node.url} (pid {node.pid})")
+            if _is_cluster(node):
+                click.echo(f"stopped the {node.kind} cluster of {len(node.nodes)} nodes in "
+                           f"{node.data_dir}")
+            else:
+                click.echo(f"stopped {node.kind} at {node.url} (pid {node.pid})")
     else:
         click.echo("no engine was running")
 
@@ -276,7 +307,8 @@ def engine_status(data_dir, kind, as_json):
     elif running:
         for node in running:
             click.echo(f"{node.kind} {node.version} running at {node.url} (pid {node.pid}, "
-                       f"health {node.health() or 'not answering'}, data {node.data_dir})")
+                       f"health {node.health() or 'not answering'}, data {node.data_dir})"
+                       + _cluster_note(node))
     else:
         click.echo("no engine running")
 

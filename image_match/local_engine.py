@@ -1,4 +1,4 @@
-"""Real single-node search engines on loopback, for tests, benchmarks and local use.
+"""Real search engines on loopback, one node or a cluster, for tests, benchmarks and local use.
 
 The Maven projects in ``engines/`` (see ``engines/README.md``) assemble an OpenSearch 2.19 or an
 Elasticsearch 7.17 node from the artifacts on Maven Central and run it in one JVM with a small
@@ -19,11 +19,17 @@ A data directory holds one node: ``home/`` and ``data/`` (the engine's own), ``e
 JVM's output), ``engine.json`` (the state file) and ``ready.json`` (written by the launcher once the
 node has bound its HTTP port).
 
+A cluster (``start_cluster("opensearch", nodes=3, data_dir=...)``) is a folder of such node folders
+(``node-0``, ``node-1``...) and ``cluster.json``, which says how to start each node again: the
+nodes find each other on loopback through ``discovery.seed_hosts``, and ``LocalCluster.kill(i)`` /
+``restart(i)`` take one away and bring it back, as the failover tests and benchmarks do.
+
 Needs a JDK 17 (``java``, or ``JAVA_HOME``) and Maven 3.6+ (``mvn``) with access to Maven Central
 for the first build. POSIX only: the node runs in its own session and is stopped with signals.
 Standard library only, so that it works before any optional dependency is installed.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -45,6 +51,12 @@ _MAIN_CLASS = {
     "elasticsearch": "org.imagematch.engines.ElasticsearchNode",
 }
 
+#: The setting naming the nodes that elect the first cluster manager when a cluster first forms.
+_INITIAL_MANAGERS = {
+    "opensearch": "cluster.initial_cluster_manager_nodes",
+    "elasticsearch": "cluster.initial_master_nodes",
+}
+
 #: Netty must not set its processor count itself: the engine does, from its own settings.
 _NETTY_PROCESSORS_PROPERTY = {
     "opensearch": "opensearch.set.netty.runtime.available.processors",
@@ -52,6 +64,7 @@ _NETTY_PROCESSORS_PROPERTY = {
 }
 
 STATE_FILE = "engine.json"
+CLUSTER_FILE = "cluster.json"
 LOG_FILE = "engine.log"
 READY_FILE = "ready.json"
 KIND_FILE = "engine-kind"
@@ -173,11 +186,13 @@ class LocalEngine:
 
     def health(self, timeout=2.0):
         """The cluster's health status ("green", "yellow", "red"), or None if the node does not answer."""
-        try:
-            with _DIRECT.open(self.url + "/_cluster/health", timeout=timeout) as response:
-                return json.load(response).get("status")
-        except (OSError, ValueError):  # refused, reset, timed out, HTTP error, not JSON
-            return None
+        return (_health(self.url, timeout) or {}).get("status")
+
+    def kill(self):
+        """SIGKILL the node at once (a lost machine) and wait for it to be gone."""
+        _signal(self.pid, signal.SIGKILL)
+        if not self._wait_for_exit(10):
+            raise ImageMatchError(f"{self.kind} engine (pid {self.pid}) did not die after SIGKILL")
 
     def stop(self, timeout=30):
         """Stop the node: SIGTERM (the launcher closes the node cleanly), SIGKILL after ``timeout``
@@ -240,9 +255,62 @@ def start(kind="opensearch", port=None, data_dir=None, heap="512m", timeout=180,
     mvn : str
         The Maven executable that builds the launcher.
     """
-    _check_kind(kind)
     if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):
         raise InvalidParameterError(f"port {port!r}: must be an integer 0..65535")
+    data_dir = _prepare(kind, data_dir, heap)
+    launch = _Launch(kind, build(kind, mvn=mvn), java or _find_java(), heap, stop_with_caller)
+    started = time.monotonic()
+    engine = launch.spawn(data_dir, port=port, settings=settings)
+    try:
+        _wait_until_ready(engine, started + timeout, timeout)
+    except BaseException:  # including KeyboardInterrupt: never leave a half-started JVM behind
+        engine.kill()
+        raise
+    _write_json(data_dir / STATE_FILE, engine._state())
+    return engine
+
+
+def start_cluster(kind="opensearch", nodes=3, data_dir=None, heap="512m", timeout=300,
+                  settings=None, stop_with_caller=False, java=None, mvn="mvn"):
+    """Start a cluster of ``nodes`` nodes on loopback, wait until it has formed, and return its
+    :class:`LocalCluster`.
+
+    Each node has its folder under ``data_dir`` (``node-0``, ``node-1``...), a free HTTP port and
+    a transport port chosen here, and finds the others through ``discovery.seed_hosts``; all are
+    cluster-manager-eligible data nodes, the first cluster elects its manager among them. The
+    other parameters are :func:`start`'s; ``timeout`` covers the whole cluster.
+    """
+    if type(nodes) is not int or nodes < 2:
+        raise InvalidParameterError(f"nodes={nodes!r}: a cluster has at least 2 nodes")
+    data_dir = _prepare(kind, data_dir, heap)
+    launch = _Launch(kind, build(kind, mvn=mvn), java or _find_java(), heap, stop_with_caller)
+    names = [f"node-{index}" for index in range(nodes)]
+    # A name of its own, the same at every start in this folder: a node of another cluster on
+    # this machine never joins it through a reused port, and a cluster stopped and started again
+    # on its data is the same cluster.
+    folder_hash = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
+    spec = {"kind": kind, "cluster": f"image-match-{folder_hash}",
+            "names": names, "transport_ports": _free_ports(nodes), "heap": heap,
+            "settings": dict(settings or {}), "stop_with_caller": stop_with_caller}
+    cluster = LocalCluster(data_dir, spec, launch=launch)
+    started = time.monotonic()
+    try:
+        for index in range(nodes):
+            cluster.nodes[index] = cluster._spawn(index, bootstrap=True)
+        for engine in cluster.nodes:
+            _wait_until_ready(engine, started + timeout, timeout, cluster_size=nodes)
+    except BaseException:
+        for engine in cluster.nodes:
+            if engine is not None:
+                engine.kill()
+        raise
+    cluster._save()
+    return cluster
+
+
+def _prepare(kind, data_dir, heap):
+    """The folder for a node or a cluster, checked: no engine running there, no other kind's data."""
+    _check_kind(kind)
     if not re.fullmatch(r"[1-9][0-9]*[kmgKMG]?", str(heap)):
         raise InvalidParameterError(f"heap {heap!r}: expected a JVM size such as 512m or 2g")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir(kind)
@@ -257,48 +325,210 @@ def start(kind="opensearch", port=None, data_dir=None, heap="512m", timeout=180,
     if previous_kind not in (None, kind):
         raise InvalidParameterError(
             f"{data_dir} holds the data of an {previous_kind} node; use another folder for {kind}")
-    classpath = build(kind, mvn=mvn)
-    java = java or _find_java()
-
-    command = [
-        java, f"-Xms{heap}", f"-Xmx{heap}",
-        f"-D{_NETTY_PROCESSORS_PROPERTY[kind]}=false",
-        # Embedded, the node has no uncaught-exception handler that exits on OutOfMemoryError as a
-        # distribution's does; without this a node out of heap hangs on instead of failing fast.
-        "-XX:+ExitOnOutOfMemoryError",
-        "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8",
-        "-cp", classpath, _MAIN_CLASS[kind],
-        "--data", str(data_dir), "--port", str(0 if port is None else port),
-        "--ready-file", str(data_dir / READY_FILE),
-    ]
-    if stop_with_caller:
-        command += ["--watch-pid", str(os.getpid())]
-    for key, value in (settings or {}).items():
-        value = str(value).lower() if isinstance(value, bool) else value
-        command.append(f"-E{key}={value}")
-
     (data_dir / KIND_FILE).write_text(kind + "\n")
-    _remove(data_dir / READY_FILE)
-    started = time.monotonic()
-    with open(data_dir / LOG_FILE, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
-        log.flush()
-        # A session of its own: Ctrl-C in the caller's terminal does not reach the node, and the
-        # node outlives the caller unless stop_with_caller is set.
-        process = subprocess.Popen(command, cwd=data_dir, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    engine = LocalEngine(kind, process.pid, port, data_dir, process=process)
+    return data_dir
+
+
+class _Launch:
+    """How to start a node of one kind: the JVM, its classpath and options."""
+
+    def __init__(self, kind, classpath, java, heap, stop_with_caller):
+        self.kind, self.classpath, self.java = kind, classpath, java
+        self.heap, self.stop_with_caller = heap, stop_with_caller
+
+    def spawn(self, data_dir, port=None, settings=None, launcher_args=()):
+        """Start the node's JVM in ``data_dir`` and return its LocalEngine, without waiting."""
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            self.java, f"-Xms{self.heap}", f"-Xmx{self.heap}",
+            f"-D{_NETTY_PROCESSORS_PROPERTY[self.kind]}=false",
+            # Embedded, the node has no uncaught-exception handler that exits on OutOfMemoryError
+            # as a distribution's does; without this a node out of heap hangs instead of failing.
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8",
+            "-cp", self.classpath, _MAIN_CLASS[self.kind],
+            "--data", str(data_dir), "--port", str(0 if port is None else port),
+            "--ready-file", str(data_dir / READY_FILE), *launcher_args,
+        ]
+        if self.stop_with_caller:
+            command += ["--watch-pid", str(os.getpid())]
+        for key, value in (settings or {}).items():
+            value = str(value).lower() if isinstance(value, bool) else value
+            command.append(f"-E{key}={value}")
+        _remove(data_dir / READY_FILE)
+        with open(data_dir / LOG_FILE, "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n"
+                      .encode())
+            log.flush()
+            # A session of its own: Ctrl-C in the caller's terminal does not reach the node, and
+            # the node outlives the caller unless stop_with_caller is set.
+            process = subprocess.Popen(command, cwd=data_dir, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        return LocalEngine(self.kind, process.pid, port, data_dir, process=process)
+
+
+class LocalCluster:
+    """A cluster started by :func:`start_cluster`, or found again by :func:`status`.
+
+    ``nodes`` are the nodes' :class:`LocalEngine` (None for one not running), ``urls`` those that
+    run. ``url``, ``pid``, ``version`` and ``log_path`` are the first running node's, so that a
+    cluster can stand where a node does. ``kill(i)`` SIGKILLs node i (a lost machine),
+    ``restart(i)`` starts it again on its data and waits until it has rejoined.
+    """
+
+    def __init__(self, data_dir, spec, nodes=None, launch=None):
+        self.data_dir = Path(data_dir)
+        self.spec = spec
+        self.kind = spec["kind"]
+        self.nodes = nodes or [None] * len(spec["names"])
+        self._launch = launch
+
+    def _node_dir(self, index):
+        return self.data_dir / self.spec["names"][index]
+
+    def _spawn(self, index, bootstrap=False):
+        spec = self.spec
+        peers = ",".join(f"127.0.0.1:{port}" for port in spec["transport_ports"])
+        settings = {"transport.port": spec["transport_ports"][index], "discovery.seed_hosts": peers,
+                    **spec["settings"]}
+        if bootstrap:  # only when the cluster first forms: a node restarted on its data rejoins
+            settings[_INITIAL_MANAGERS[self.kind]] = ",".join(spec["names"])
+        if self._launch is None:
+            self._launch = _Launch(self.kind, build(self.kind), _find_java(), spec["heap"],
+                                   spec["stop_with_caller"])
+        return self._launch.spawn(self._node_dir(index), settings=settings, launcher_args=(
+            "--name", spec["names"][index], "--cluster", spec["cluster"]))
+
+    def _save(self):
+        for engine in self.nodes:
+            if engine is not None:
+                _write_json(engine.data_dir / STATE_FILE, engine._state())
+        _write_json(self.data_dir / CLUSTER_FILE, self.spec)
+
+    def _first(self):
+        running = [engine for engine in self.nodes if engine is not None and engine.is_running()]
+        return running[0] if running else next(e for e in self.nodes if e is not None)
+
+    @property
+    def url(self):
+        return self._first().url
+
+    @property
+    def urls(self):
+        return [e.url for e in self.nodes if e is not None and e.is_running()]
+
+    @property
+    def pid(self):
+        return self._first().pid
+
+    @property
+    def version(self):
+        return self._first().version
+
+    @property
+    def log_path(self):
+        return self._first().log_path
+
+    def __repr__(self):
+        return (f"<LocalCluster {self.kind} {self.version or ''} {len(self.urls)} of "
+                f"{len(self.nodes)} nodes running, {self.url}>")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def is_running(self):
+        return any(engine is not None and engine.is_running() for engine in self.nodes)
+
+    def health(self, timeout=2.0):
+        """The cluster's health as the first node that answers says it, or None."""
+        for engine in self.nodes:
+            if engine is not None and engine.is_running():
+                status = engine.health(timeout)
+                if status is not None:
+                    return status
+        return None
+
+    def wait_for(self, status="green", nodes=None, timeout=120):
+        """Wait until the cluster reports ``status`` (or better) with ``nodes`` nodes (default:
+        all of them); return the seconds it took, or raise ImageMatchError."""
+        nodes = len(self.nodes) if nodes is None else nodes
+        order = ("red", "yellow", "green")
+        started = time.monotonic()
+        while True:
+            for engine in self.nodes:
+                if engine is None or not engine.is_running():
+                    continue
+                health = _health(engine.url)
+                if (health and health.get("number_of_nodes") == nodes
+                        and order.index(health.get("status", "red")) >= order.index(status)):
+                    return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise ImageMatchError(f"the {self.kind} cluster in {self.data_dir} did not reach "
+                                      f"{status} with {nodes} nodes within {timeout} s")
+            time.sleep(0.5)
+
+    def kill(self, index):
+        """SIGKILL node ``index``, as a machine lost; its data stays for ``restart``."""
+        engine = self.nodes[index]
+        if engine is not None:
+            engine.kill()
+            _remove(engine.data_dir / STATE_FILE)
+        self.nodes[index] = None
+
+    def restart(self, index, timeout=180):
+        """Start node ``index`` again on its data and wait until it has rejoined the cluster."""
+        if self.nodes[index] is not None and self.nodes[index].is_running():
+            raise ImageMatchError(f"node {index} of {self.data_dir} is running")
+        started = time.monotonic()
+        engine = self._spawn(index)
+        try:
+            _wait_until_ready(engine, started + timeout, timeout)
+        except BaseException:
+            engine.kill()
+            raise
+        self.nodes[index] = engine
+        self._save()
+        return engine
+
+    def stop(self, timeout=30):
+        """Stop every node (SIGTERM, SIGKILL after ``timeout``); remove the state files."""
+        for engine in self.nodes:
+            if engine is not None:
+                engine.stop(timeout)
+        _remove(self.data_dir / CLUSTER_FILE)
+
+
+def _free_ports(count):
+    """``count`` TCP ports free on 127.0.0.1 now (a node binds its transport port itself later: another
+    process may take one meanwhile, which the node's start then reports)."""
+    sockets = []
     try:
-        _wait_until_ready(engine, started + timeout, timeout)
-    except BaseException:  # including KeyboardInterrupt: never leave a half-started JVM behind
-        _signal(process.pid, signal.SIGKILL)
-        process.wait()
-        raise
-    _write_json(data_dir / STATE_FILE, engine._state())
-    return engine
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
-def _wait_until_ready(engine, deadline, timeout):
+def _health(url, timeout=2.0):
+    """``GET /_cluster/health`` as a dict, or None if the node does not answer."""
+    try:
+        with _DIRECT.open(url + "/_cluster/health", timeout=timeout) as response:
+            return json.load(response)
+    except (OSError, ValueError):  # refused, reset, timed out, HTTP error, not JSON
+        return None
+
+
+def _wait_until_ready(engine, deadline, timeout, cluster_size=None):
+    """Until the node answers with a yellow or green health (in a cluster of ``cluster_size``
+    nodes, once they have all joined)."""
     ready_file = engine.data_dir / READY_FILE
     while True:
         if not engine.is_running():
@@ -311,8 +541,11 @@ def _wait_until_ready(engine, deadline, timeout):
             ready = _read_json(ready_file)
             if ready is not None:
                 engine.port, engine.version = ready["http_port"], ready["version"]
-        if engine.version is not None and engine.health() in ("yellow", "green"):
-            return
+        if engine.version is not None:
+            health = _health(engine.url)
+            if health and health.get("status") in ("yellow", "green") and (
+                    cluster_size is None or health.get("number_of_nodes") == cluster_size):
+                return
         if time.monotonic() > deadline:
             raise ImageMatchError(_with_log_tail(
                 f"the {engine.kind} engine did not become healthy within {timeout} s", engine.log_path))
@@ -320,11 +553,25 @@ def _wait_until_ready(engine, deadline, timeout):
 
 
 def status(data_dir):
-    """The engine recorded in ``data_dir``'s state file if it is still running, else None.
+    """The engine recorded in ``data_dir``'s state file if it is still running, else None: a
+    :class:`LocalEngine`, or a :class:`LocalCluster` for a folder that :func:`start_cluster` made
+    (while any of its nodes runs).
 
     A state file left by a node that died is removed.
     """
     data_dir = Path(data_dir)
+    spec = _read_json(data_dir / CLUSTER_FILE)
+    if spec is not None:
+        cluster = LocalCluster(data_dir, spec, nodes=[_node_status(data_dir / name)
+                                                      for name in spec["names"]])
+        if not cluster.is_running():
+            _remove(data_dir / CLUSTER_FILE)
+            return None
+        return cluster
+    return _node_status(data_dir)
+
+
+def _node_status(data_dir):
     state = _read_json(data_dir / STATE_FILE)
     if state is None:
         return None

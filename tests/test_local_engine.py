@@ -10,8 +10,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+from click.testing import CliRunner
 
 from image_match import local_engine
+from image_match.cli import main
 from image_match.errors import ImageMatchError
 
 EXPECTED_VERSION_PREFIX = {"opensearch": "2.19.", "elasticsearch": "7.17."}
@@ -135,6 +137,16 @@ def test_bad_parameters_are_refused_before_anything_starts(tmp_path):
         local_engine.start("opensearch", data_dir=tmp_path, heap="lots")
     with pytest.raises(ImageMatchError, match="port"):
         local_engine.start("opensearch", data_dir=tmp_path, port=70000)
+    for nodes in (1, 0, "3", 2.0):
+        with pytest.raises(ImageMatchError, match="a cluster has at least 2 nodes"):
+            local_engine.start_cluster("opensearch", nodes=nodes, data_dir=tmp_path)
+    (tmp_path / local_engine.KIND_FILE).write_text("opensearch\n")
+    with pytest.raises(ImageMatchError, match="holds the data of an opensearch node"):
+        local_engine.start_cluster("elasticsearch", data_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == [tmp_path / local_engine.KIND_FILE]  # no node started
+    refused = CliRunner().invoke(main, ["engine", "start", "--nodes", "3", "--port", "9200",
+                                        "--data-dir", str(tmp_path)])
+    assert refused.exit_code == 2 and "--port is for one node" in refused.stderr
 
 
 def test_engines_dir_from_the_environment(monkeypatch, tmp_path):

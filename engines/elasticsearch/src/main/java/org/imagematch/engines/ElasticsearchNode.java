@@ -29,13 +29,16 @@ import org.elasticsearch.transport.Netty4Plugin;
  * <pre>
  * java -Xms512m -Xmx512m -Des.set.netty.runtime.available.processors=false \
  *      -cp 'target/classes:target/lib/*' org.imagematch.engines.ElasticsearchNode \
- *      --data DIR [--port 9200] [--name NAME] [--ready-file FILE] [--watch-pid PID] [-Ekey=value ...]
+ *      --data DIR [--port 9200] [--name NAME] [--cluster NAME] [--ready-file FILE] [--watch-pid PID]
+ *      [-Ekey=value ...]
  * </pre>
  *
  * --port 0 binds any free port. Once the node is up, one line goes to stdout:
  * {@code image-match engine ready: elasticsearch VERSION http://127.0.0.1:PORT pid PID}
  * and, with --ready-file, the same facts as a small JSON object (written atomically).
  * --watch-pid stops the node when that process ends (a test run killed without cleanup).
+ * --cluster names the cluster (default: the node's name). With -Ediscovery.seed_hosts the node
+ * joins the nodes listed there instead of being a single-node cluster.
  * -E settings are passed to the node as in a distribution's bin/elasticsearch.
  */
 public final class ElasticsearchNode {
@@ -67,7 +70,7 @@ public final class ElasticsearchNode {
         } catch (IllegalArgumentException e) {
             System.err.println("ElasticsearchNode: " + e.getMessage());
             System.err.println("usage: ElasticsearchNode --data DIR [--port N] [--name NAME] "
-                + "[--ready-file FILE] [--watch-pid PID] [-Ekey=value ...]");
+                + "[--cluster NAME] [--ready-file FILE] [--watch-pid PID] [-Ekey=value ...]");
             System.exit(2);
             return;
         }
@@ -83,13 +86,19 @@ public final class ElasticsearchNode {
         Files.createDirectories(home.resolve("plugins"));
         Files.createDirectories(home.resolve("config"));
 
-        Settings settings = Settings.builder()
+        Settings extra = args.extraSettings.build();
+        Settings.Builder builder = Settings.builder()
             .put("path.home", home.toString())
             .put("path.data", args.dataDir.resolve("data").toString())
             .put("path.logs", args.dataDir.resolve("logs").toString())
             .put("node.name", args.nodeName)
-            .put("cluster.name", args.nodeName)
-            .put("discovery.type", "single-node")
+            .put("cluster.name", args.clusterName != null ? args.clusterName : args.nodeName);
+        // One node is a cluster of its own, unless it is told where its peers are (a cluster on
+        // loopback: -Ediscovery.seed_hosts=127.0.0.1:PORT,... and the initial cluster managers).
+        if (!extra.hasValue("discovery.seed_hosts")) {
+            builder.put("discovery.type", "single-node");
+        }
+        Settings settings = builder
             .put("network.host", "127.0.0.1")
             .put("http.port", Integer.toString(args.port))
             // The transport layer is unused by clients; a fixed 9300 would clash with a second node.
@@ -98,7 +107,7 @@ public final class ElasticsearchNode {
             .put("http.type", "netty4")
             // A developer's nearly full disk must not turn every index read-only.
             .put("cluster.routing.allocation.disk.threshold_enabled", false)
-            .put(args.extraSettings.build())
+            .put(extra)
             .build();
 
         Node node;
@@ -165,11 +174,12 @@ public final class ElasticsearchNode {
         System.exit(1);
     }
 
-    /** The command line, parsed by hand: a dependency for five options is not worth it. */
+    /** The command line, parsed by hand: a dependency for six options is not worth it. */
     static final class LauncherArgs {
         Path dataDir;
         int port = 9200;
         String nodeName = "image-match";
+        String clusterName;
         Path readyFile;
         long watchPid = -1;
         final Settings.Builder extraSettings = Settings.builder();
@@ -195,6 +205,7 @@ public final class ElasticsearchNode {
                     case "--data": a.dataDir = Paths.get(value).toAbsolutePath(); break;
                     case "--port": a.port = parsePort(value); break;
                     case "--name": a.nodeName = value; break;
+                    case "--cluster": a.clusterName = value; break;
                     case "--ready-file": a.readyFile = Paths.get(value).toAbsolutePath(); break;
                     case "--watch-pid": a.watchPid = Long.parseLong(value); break;
                     default: throw new IllegalArgumentException("unknown option " + arg);
