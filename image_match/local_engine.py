@@ -407,8 +407,12 @@ class LocalCluster:
         _write_json(self.data_dir / CLUSTER_FILE, self.spec)
 
     def _first(self):
-        running = [engine for engine in self.nodes if engine is not None and engine.is_running()]
-        return running[0] if running else next(e for e in self.nodes if e is not None)
+        """The first running node, else the first started (stopped since), else an error."""
+        started = [engine for engine in self.nodes if engine is not None]
+        running = [engine for engine in started if engine.is_running()]
+        if not started:
+            raise ImageMatchError(f"no node of the {self.kind} cluster in {self.data_dir} runs")
+        return (running or started)[0]
 
     @property
     def url(self):
