@@ -91,6 +91,7 @@ README_SECTIONS = {
     "Command line reference": ":doc:`/cli`",
     "Stores": ":doc:`/guide/stores`",
     "Bulk ingestion": ":doc:`/guide/ingestion`",
+    "The service": ":doc:`/guide/service`",
     "Compatibility with image-match 1.x": ":doc:`/guide/compat`",
     "Which engines are tested where": ":ref:`support`",
     "Crops, bars, rotations and insets": ":ref:`crops`",
