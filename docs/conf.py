@@ -112,7 +112,30 @@ def _readme_links(app, relative_path, parent_docname, content):
     content[0] = re.sub(r"(?<![\w`])`([^`<>]+)`_(?!_)", link, content[0])
 
 
+# The command line reference documents each command by its object (cli.rst): a command added to
+# the group and not to that page fails the build instead of going undocumented.
+def _every_command_documented(app, docname, source):
+    if docname != "cli":
+        return
+    import importlib
+    import re
+
+    from image_match.cli import main
+
+    documented = set()
+    for module, name in re.findall(r"^\.\. click:: ([\w.]+):(\w+)$", source[0], re.M):
+        documented.add(getattr(importlib.import_module(module), name).name)
+    missing = sorted(set(main.list_commands(None)) - documented - {main.name})
+    if missing:
+        from sphinx.util import logging
+
+        logging.getLogger(__name__).warning(
+            "cli.rst does not document these commands: %s", ", ".join(missing),
+            location=docname)
+
+
 def setup(app):
     for event in ("description", "options", "arguments", "epilog"):
         app.connect(f"sphinx-click-process-{event}", _help_as_text)
     app.connect("include-read", _readme_links)
+    app.connect("source-read", _every_command_documented)
