@@ -336,7 +336,8 @@ def stats(db_url, as_json):
 @click.pass_obj
 def export_records(state, output, db_url, as_json):
     """Write every record as JSON lines: {"id", "path", "signature", "metadata", "timestamp"},
-    and "windows" (the crop windows' signatures) from a store that keeps them.
+    and "windows" (the crop windows' signatures) from a store that keeps them; then each pair
+    marked "not duplicates" (on the moderation page) as {"not_duplicates": [ID, ID], "timestamp"}.
 
     For backups and for moving a store to another engine (image-match import). A file is written
     whole or not at all. A damaged record (stored data that cannot be read) is named on stderr and
@@ -358,6 +359,10 @@ def export_records(state, output, db_url, as_json):
                     continue
                 stream.write(json.dumps(record, separators=(",", ":")) + "\n")
                 written += 1
+        pairs = db.not_duplicates()
+        for pair in pairs:
+            stream.write(json.dumps({"not_duplicates": pair["ids"], "timestamp": pair["timestamp"]},
+                                    separators=(",", ":")) + "\n")
         if to_file:
             stream.close()
             os.replace(target, output)
@@ -366,9 +371,11 @@ def export_records(state, output, db_url, as_json):
             stream.close()
             os.remove(target)
     if to_file and as_json:
-        json_line({"exported": written, "failed": damaged, "output": output})
+        json_line({"exported": written, "failed": damaged, "output": output,
+                   "not_duplicates": len(pairs)})
     elif to_file:
         state.info(f"exported {written} records from {db.location} to {output}"
+                   + (f" and {len(pairs)} pairs marked not duplicates" if pairs else "")
                    + (f", {damaged} damaged left out" if damaged else ""))
     if damaged:
         sys.exit(EXIT_FAILURE)
@@ -389,7 +396,8 @@ def import_records(state, source, batch_size, db_url, as_json):
     with the same signature variant as the source. The crop windows' signatures of an export from
     a store with crop windows are kept when the target has them too ('init --crop-windows'), and
     left out otherwise. A record whose id exists replaces it. Bad lines are reported with their
-    line numbers and the others imported; exits 1 if any failed.
+    line numbers and the others imported; exits 1 if any failed. Pairs marked "not duplicates"
+    ({"not_duplicates": [ID, ID], "timestamp"} lines) are remembered in the target as well.
     """
     stream = sys.stdin if source == "-" else open(source, encoding="utf-8")
     try:
@@ -399,7 +407,7 @@ def import_records(state, source, batch_size, db_url, as_json):
             stream.close()
         raise
     size = None if source == "-" else os.fstat(stream.fileno()).st_size
-    imported, failures, batch = 0, [], []
+    imported, failures, batch, pairs = 0, [], [], 0
 
     def flush():
         nonlocal imported
@@ -417,7 +425,11 @@ def import_records(state, source, batch_size, db_url, as_json):
                 if not line.strip():
                     continue
                 try:
-                    batch.append((line_number, _import_item(line)))
+                    item = _import_item(line)
+                    if "not_duplicates" in item:
+                        pairs += db.mark_not_duplicates(item["not_duplicates"], item["timestamp"])
+                        continue
+                    batch.append((line_number, item))
                 except InvalidParameterError as error:
                     failures.append((line_number, str(error)))
                     continue
@@ -430,12 +442,13 @@ def import_records(state, source, batch_size, db_url, as_json):
     db.refresh()
     name = "standard input" if source == "-" else source
     if as_json:
-        json_line({"imported": imported, "failed": len(failures),
+        json_line({"imported": imported, "failed": len(failures), "not_duplicates": pairs,
                    "errors": [{"line": n, "error": e} for n, e in failures]})
     else:
         for line_number, error in failures:
             click.echo(f"failed: {name}, line {line_number}: {error}", err=True)
-        click.echo(f"imported {imported}, failed {len(failures)} ({db.location})")
+        marked = f", {pairs} pairs marked not duplicates" if pairs else ""
+        click.echo(f"imported {imported}, failed {len(failures)}{marked} ({db.location})")
     if failures:
         sys.exit(EXIT_FAILURE)
 
@@ -445,6 +458,12 @@ def _import_item(line):
         record = json.loads(line)
     except ValueError as error:
         raise InvalidParameterError(f"not JSON ({error})") from None
+    if isinstance(record, dict) and "not_duplicates" in record:
+        ids = record["not_duplicates"]
+        if (not isinstance(ids, list) or len(ids) != 2
+                or not all(isinstance(i, str) and i for i in ids)):
+            raise InvalidParameterError("not_duplicates: must be a list of two record ids")
+        return {"not_duplicates": ids, "timestamp": record.get("timestamp")}
     if not isinstance(record, dict) or "path" not in record or "signature" not in record:
         raise InvalidParameterError("not a record (needs path and signature)")
     # The signature's and windows' codes are checked by add_signatures, which names the path.

@@ -21,6 +21,9 @@ primitive                   what the driver does
                             a damaged record as in ``_scan``)
 ``_paths(offset, limit)``   the paths of the records at ``offset`` in that order (``paths``)
 ``count()``                 how many records
+``_add_distinct(pairs)``    remember pairs of ids (``(a, b, timestamp)``, a < b) marked "not
+                            duplicates", replacing a pair already remembered
+``_distinct()``             every remembered pair, as ``(a, b, timestamp)``
 ``_read_config()``          the store's recorded parameters, None for a new or 1.x store
 ``_create(config)``         make the store (table, index) and record the parameters
 ``drop()``                  remove the store and everything in it
@@ -114,6 +117,8 @@ SEARCH_DEFAULTS = {"mirror": True, "central_crops": True}
 SEARCH_DEFAULTS_1X = {"mirror": False, "central_crops": False}
 #: The most records ``records_page`` returns at a time.
 MAX_PAGE = 1000
+#: The most records one ``mark_not_duplicates`` call takes (every pair of them is remembered).
+MAX_NOT_DUPLICATES = 100
 
 # ImageSignature's parameters in its positional order; all but draft decide what a signature is,
 # and draft decides which pixels it is computed from: a store records and pins them all.
@@ -756,6 +761,44 @@ class SignatureDatabaseBase:
         or ends alike, or differs in case, is not ``path``)."""
         return [record_id for record_id, _ in self._ids_with_path(path)]
 
+    # --- decisions: pairs that are not duplicates ------------------------------------------------
+
+    def mark_not_duplicates(self, ids, timestamp=None):
+        """Remember that the records ``ids`` are not duplicates of each other, whatever their
+        distance: ``find_duplicates`` never links any two of them again (a moderator's "not
+        duplicates" on a group, kept in the store and exported with it).
+
+        Parameters
+        ----------
+        ids : sequence of str
+            Two to ``MAX_NOT_DUPLICATES`` record ids; every pair of them is remembered. The
+            records need not exist (a decision outlives a record deleted and added again under
+            the same id, as a path id is).
+        timestamp : datetime or str, optional
+            When it was decided (ISO 8601 text as ``not_duplicates`` gives it); default now.
+
+        Returns
+        -------
+        int
+            How many pairs were remembered.
+        """
+        if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
+            raise InvalidParameterError(f"ids={reprlib.repr(ids)}: must be a list of record ids")
+        unique = sorted(set(ids))
+        if not 2 <= len(unique) <= MAX_NOT_DUPLICATES:
+            raise InvalidParameterError(
+                f"{len(unique)} distinct ids: not duplicates takes 2 to {MAX_NOT_DUPLICATES}")
+        moment = _timestamp(timestamp, "not duplicates")
+        pairs = [(a, b, moment) for a, b in itertools.combinations(unique, 2)]
+        self._add_distinct(pairs)
+        return len(pairs)
+
+    def not_duplicates(self):
+        """Every pair marked "not duplicates", as ``{"ids": [a, b], "timestamp"}`` (ISO 8601),
+        ``a < b``, oldest first."""
+        pairs = sorted(self._distinct(), key=lambda pair: (pair[2], pair[0], pair[1]))
+        return [{"ids": [a, b], "timestamp": moment.isoformat()} for a, b, moment in pairs]
+
     def records_page(self, after=None, limit=100):
         """One page of the store's records, in its own stable order, for listing them page by
         page however many there are (the CLI's export reads them all with ``iter_records``).
@@ -835,9 +878,11 @@ class SignatureDatabaseBase:
         list of list of dict
             Each group (two or more members) as ``{"id", "path", "dist", "metadata"}``, the first
             member the one with the most links (ties: the earliest path), ``dist`` each member's
-            distance to it; groups with the most members first.
+            distance to it; groups with the most members first. Two records marked "not
+            duplicates" (``mark_not_duplicates``) are never linked.
         """
         queries = queries or {}
+        distinct = {(a, b) for a, b, _ in self._distinct()}
 
         def searched(record):
             return self._searched(record, all_orientations, queries)
@@ -864,7 +909,8 @@ class SignatureDatabaseBase:
                                                                  None, size, distance_cutoff)):
                 records.setdefault(record.id, record)
                 for other, _ in found:
-                    if other.id != record.id:
+                    if other.id != record.id and (min(record.id, other.id),
+                                                  max(record.id, other.id)) not in distinct:
                         records.setdefault(other.id, other)
                         links.setdefault(record.id, set()).add(other.id)
                         links.setdefault(other.id, set()).add(record.id)
@@ -937,6 +983,12 @@ class SignatureDatabaseBase:
         raise NotImplementedError
 
     def _create(self, config):
+        raise NotImplementedError
+
+    def _add_distinct(self, pairs):
+        raise NotImplementedError
+
+    def _distinct(self):
         raise NotImplementedError
 
     def count(self):

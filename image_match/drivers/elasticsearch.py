@@ -48,11 +48,17 @@ the store is opened with for the rest, checked against what the documents show (
 cannot keep crop windows (``crop_windows=True`` on one refuses): their documents have no field for
 them, and 1.x code reading the index would not know them.
 
+Pairs of records marked "not duplicates" live in an index of their own beside the store's,
+``<index>-not-duplicates`` (one document ``{a, b, timestamp}`` a pair, its id a hash of the two
+ids), made by the first mark and dropped with the store: a 1.x index is never written into for
+them, and the records' index keeps one kind of document.
+
 ``pre_filter`` takes the portable form or raw query DSL, a query or a list of them, made to fit the
 index's layout or refused (``es_filters``).
 """
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -87,6 +93,8 @@ _MAX_ID_BYTES = 512
 # The engines' index.max_result_window: from + size of a search may not pass it.
 _RESULT_WINDOW = 10_000
 _NO_HITS = {"hits": {"hits": []}}
+#: The index beside the store's that keeps pairs marked "not duplicates".
+NOT_DUPLICATES_SUFFIX = "-not-duplicates"
 # The fields of 1.x's documents that tell its indices apart from others'.
 _LEGACY_FIELDS = ("signature", "simple_word_0")
 
@@ -155,6 +163,7 @@ class SignatureES(SignatureDatabaseBase):
         self.replicas = replicas
         self.minimum_should_match = _check_minimum_should_match(minimum_should_match)
         self._client = _Client(es, index)
+        self._decisions = _Client(es, index + NOT_DUPLICATES_SUFFIX)
         self._requested_layout = layout
         self.layout = layout or DEFAULT_LAYOUT
         self.legacy = False  # an index of image-match 1.x documents
@@ -599,13 +608,42 @@ class SignatureES(SignatureDatabaseBase):
         source = self._source_of(hit)
         return source.get("path", source.get("url"))
 
+    def _add_distinct(self, pairs):
+        decisions = self._decisions
+        if decisions.get_mapping() is None:
+            decisions.create_index({"number_of_shards": 1, "auto_expand_replicas": "0-1"}, {
+                "dynamic": "strict", "properties": {"a": {"type": "keyword"},
+                                                    "b": {"type": "keyword"},
+                                                    "timestamp": {"type": "date"}}})
+        index = _to_json(decisions.index)
+        operations = []
+        for a, b, moment in pairs:
+            pair_id = hashlib.blake2b(f"{a}\n{b}".encode("utf-8", "surrogatepass"),
+                                      digest_size=16).hexdigest()
+            operations.append(f'{{"index":{{"_index":{index},"_id":"{pair_id}"}}}}')
+            operations.append(_to_json({"a": a, "b": b, "timestamp": _format_timestamp(moment)}))
+        response = decisions.bulk(operations, refresh=True)
+        for item in response["items"]:
+            error = _item_error(item)
+            if error is not None:
+                raise DatabaseError(f"{decisions.location}: writing a pair: {error}")
+
+    def _distinct(self):
+        if self._decisions.get_mapping() is None:
+            return []
+        return [(source["a"], source["b"], _parse_timestamp(source["timestamp"]))
+                for source in (hit["_source"] for hit in self._decisions.scan(
+                    {"query": {"match_all": {}}}))]
+
     def count(self):
         """How many records the index holds (0 when it does not exist)."""
         return self._client.count()
 
     def drop(self):
-        """Delete the index and every record in it (the next write creates it again)."""
+        """Delete the index and every record in it, and the pairs marked "not duplicates" (the
+        next write creates it again)."""
         self._client.delete_index()
+        self._decisions.delete_index()
         self._mapping, self._index_exists, self.root = {}, False, None
 
     def refresh(self):

@@ -12,6 +12,8 @@ Layout (schema version 1, also in ``PRAGMA user_version``):
   positions differ. It is a ``WITHOUT ROWID`` table keyed by ``(word, record)``: a query's words
   are 63 range scans of a B-tree, never a scan of all rows.
 - ``meta``: the schema version and the store's parameters (see SignatureDatabaseBase).
+- ``not_duplicates``: pairs of ids marked "not duplicates" (``a < b``, and when), made by the
+  first such mark (a file made before it existed has none until then).
 
 Several processes may read and write one file at a time: the file is in WAL mode (readers never
 wait for the writer), every write is one ``BEGIN IMMEDIATE`` transaction, and a writer waits up to
@@ -60,6 +62,14 @@ CREATE TABLE IF NOT EXISTS words (
     record INTEGER NOT NULL,
     PRIMARY KEY (word, record)
 ) WITHOUT ROWID;
+"""
+_NOT_DUPLICATES = """
+CREATE TABLE IF NOT EXISTS not_duplicates (
+    a TEXT NOT NULL,
+    b TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    PRIMARY KEY (a, b)
+) WITHOUT ROWID
 """
 
 # JSON types of a metadata value, as SQLite's json_type names them.
@@ -263,7 +273,7 @@ class SignatureSQLite(SignatureDatabaseBase):
         with self._writing() as connection:
             if connection.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
                 raise DatabaseError(f"{self.location}: not an image-match store; nothing dropped")
-            for table in ("words", "records", "meta"):
+            for table in ("words", "records", "not_duplicates", "meta"):
                 connection.execute(f"DROP TABLE IF EXISTS {table}")
             connection.execute("PRAGMA user_version = 0")
 
@@ -464,6 +474,20 @@ class SignatureSQLite(SignatureDatabaseBase):
         with self._reading() as connection:
             return [row[0] for row in connection.execute(
                 "SELECT path FROM records ORDER BY rowid LIMIT ? OFFSET ?", (limit, offset))]
+
+    def _add_distinct(self, pairs):
+        with self._writing() as connection:
+            connection.execute(_NOT_DUPLICATES)
+            connection.executemany("INSERT OR REPLACE INTO not_duplicates VALUES (?, ?, ?)",
+                                   [(a, b, moment.timestamp()) for a, b, moment in pairs])
+
+    def _distinct(self):
+        with self._reading() as connection:
+            if not connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                      "name = 'not_duplicates'").fetchone():
+                return []
+            rows = connection.execute("SELECT a, b, timestamp FROM not_duplicates").fetchall()
+        return [(a, b, datetime.fromtimestamp(stamp, timezone.utc)) for a, b, stamp in rows]
 
     def count(self):
         with self._reading() as connection:
