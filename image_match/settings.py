@@ -42,6 +42,8 @@ IMAGE_MATCH_SIGNING_PROCESSES             signing processes per service worker  
 IMAGE_MATCH_SIGNING_QUEUE                 images a service worker may have waiting to be    64
                                           signed; more are refused (HTTP 503)
 IMAGE_MATCH_STORE_CONNECTIONS             store calls at a time per service worker          8
+IMAGE_MATCH_MEDIA_ROOTS                   folders whose image files the moderation page     (none: no local
+                                          may show (``os.pathsep``-separated, as PATH)      file is shown)
 ========================================  ===============================================  =====================
 
 ``image_match.tasks.config`` explains the ingestion settings' interplay, ``image_match.server``
@@ -91,6 +93,7 @@ class Settings:
     signing_processes: int
     signing_queue: int
     store_connections: int
+    media_roots: tuple
 
 
 def auto_or_numpy(raw):
@@ -101,6 +104,11 @@ def auto_or_numpy(raw):
 
 def _split_list(raw):
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _split_paths(raw):
+    # Folders as PATH lists them: a folder's name may hold a comma.
+    return tuple(part for part in raw.split(os.pathsep) if part.strip())
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -138,6 +146,7 @@ _VARIABLES = {
     "SIGNING_PROCESSES": (0, int, "signing_processes", 0),
     "SIGNING_QUEUE": (64, int, "signing_queue", 1),
     "STORE_CONNECTIONS": (8, int, "store_connections", 1),
+    "MEDIA_ROOTS": ((), _split_paths, "media_roots", None),
 }
 
 

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__, settings
 from ..errors import ImageMatchError
-from . import dsys, metrics, ops, v1
+from . import dsys, metrics, moderation, ops, v1
 from .auth import Denied, Keys
 from .middleware import BodyTooLarge, Guard, Observe
 from .problems import problem, validation_message
@@ -67,6 +67,7 @@ def create_app(database=None, config=None):
     app.include_router(ops.router)
     app.include_router(v1.router)
     app.include_router(dsys.router)
+    moderation.mount(app)  # the moderation page: /, /review, /static, its /v1 helpers
     _add_components(app, v1.COMPONENTS)
 
     @app.exception_handler(ImageMatchError)

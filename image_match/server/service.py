@@ -439,8 +439,31 @@ class Service:
         changes. Returns ``(page or None while computing, next cursor, snapshot info)``."""
         return await self._duplicates.page(after, limit, cutoff, all_orientations, refresh)
 
-    # The moderation page (issue 14) will add here what it needs beside these: thumbnails of
-    # stored pictures, and a memory of pairs marked "not duplicates" that duplicates() leaves out.
+    # --- the moderation page's decisions (its thumbnails are server.pictures') ------------------
+
+    async def mark_not_duplicates(self, ids):
+        """Remember in the store that these records are not duplicates of each other (every
+        pair); the groups are computed again on the next first page. How many pairs."""
+        marked = await self.store("not_duplicates", lambda db: db.mark_not_duplicates(ids))
+        self._duplicates.stale()
+        return marked
+
+    async def not_duplicates(self):
+        return await self.store("not_duplicates", lambda db: db.not_duplicates())
+
+    async def distances(self, kept, ids, all_orientations=True):
+        """``{id: distance to the record kept}`` as ``duplicates`` measures it, for the records
+        of ``ids`` that exist (a moderator choosing which copy of a group to keep)."""
+        def measure(db):
+            records = db.get_many([kept, *ids])
+            if not isinstance(records.get(kept), dict):
+                raise RecordNotFoundError(f"{db.location}: no record with id {kept!r}")
+            others = [records[i] for i in ids if isinstance(records.get(i), dict)]
+            found = db.distances_to(records[kept], others, all_orientations) if others else []
+            return {record["id"]: 0.0 if record["id"] == kept else float(distance)
+                    for record, distance in zip(others, found)}
+
+        return await self.store("distances", measure)
 
     # --- bulk ingestion jobs -------------------------------------------------------------------
 
