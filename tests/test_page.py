@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 
 import pytest
 import requests
@@ -389,3 +390,30 @@ def test_the_page_loads_nothing_from_elsewhere(service):
         assert requests.get(f"{service.url}/static/{asset}").status_code == 200
     style = requests.get(f"{service.url}/static/page.css").text
     assert "url(" not in style and "@import" not in style
+
+
+@pytest.mark.engine
+def test_an_engine_that_goes_away_is_one_line_on_the_page(browser, opensearch_url, tmp_path):
+    from image_match.drivers.elasticsearch import _parse_url
+    from test_elasticsearch_driver import _Relay
+
+    address, _, _, _ = _parse_url(opensearch_url + "/x")
+    relay = _Relay(int(address.rsplit(":", 1)[1]))
+    index = f"test-page-gone-{uuid.uuid4().hex[:8]}"
+    try:
+        with start(f"http://127.0.0.1:{relay.port}/{index}", tmp_path) as service:
+            page = browser.new_page()
+            page.goto(service.url + "/")
+            relay.cut()
+            page.get_by_label("Image", exact=True).set_input_files(
+                {"name": "q.jpg", "mimeType": "image/jpeg", "buffer": shrunk(photos()[0])})
+            page.get_by_role("button", name="Search").click()
+            alert = page.get_by_role("alert").filter(has_text="cannot reach the engine")
+            alert.wait_for()
+            assert "\n" not in alert.inner_text()
+            page.goto(service.url + "/review")
+            page.get_by_role("alert").filter(has_text="cannot reach the engine").wait_for()
+            page.close()
+    finally:
+        relay.cut()
+        open_database(f"{opensearch_url}/{index}").drop()
