@@ -3,7 +3,6 @@ store (SQLite, and real OpenSearch and Elasticsearch nodes) across handles, hono
 ``find_duplicates`` and by the CLI's ``dedupe`` in store mode, carried by export and import."""
 
 import json
-import uuid
 
 import pytest
 from click.testing import CliRunner
@@ -15,20 +14,7 @@ from image_match.errors import InvalidParameterError
 from image_match.signature_database_base import MAX_NOT_DUPLICATES
 
 from conftest import jpeg_bytes, photos, rgb
-
-STORES = [
-    "sqlite",
-    pytest.param("opensearch", marks=pytest.mark.engine),
-    pytest.param("elasticsearch", marks=pytest.mark.engine),
-]
-
-
-@pytest.fixture(params=STORES)
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'images.db'}"
-    base = request.getfixturevalue(f"{request.param}_url")
-    return f"{base}/test-pairs-{uuid.uuid4().hex[:12]}"
+from test_store_behaviour import store_url  # noqa: F401  (the fixture: every store)
 
 
 @pytest.fixture

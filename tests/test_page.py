@@ -19,7 +19,7 @@ from PIL import Image
 
 from image_match.drivers import open_database
 
-from conftest import jpeg_bytes, photos, rgb
+from conftest import PHOTO, jpeg_bytes, photos, png_bytes, rgb
 from service_process import ServiceProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -65,11 +65,11 @@ def shrunk(path, scale=0.6, quality=80):
                                    Image.Resampling.LANCZOS), quality=quality)
 
 
-def start(database, media_root, keys=None):
+def start(database, media_root, **settings):
+    """``image-match serve`` with these IMAGE_MATCH_* settings (``keys="..."``)."""
     env = {"IMAGE_MATCH_MEDIA_ROOTS": str(media_root), "IMAGE_MATCH_FETCH_ALLOWLIST": "127.0.0.1",
            "IMAGE_MATCH_SIGNING_PROCESSES": "1"}
-    if keys:
-        env["IMAGE_MATCH_API_KEYS"] = keys
+    env.update((f"IMAGE_MATCH_{name.upper()}", str(value)) for name, value in settings.items())
     return ServiceProcess(database, env)
 
 
@@ -355,7 +355,7 @@ def test_with_keys_the_page_asks_for_one(browser, tmp_path):
     root = tmp_path / "media"
     root.mkdir()
     database = f"sqlite:///{tmp_path / 'images.db'}"
-    with start(database, root, keys=f"{KEY},reader:read") as service:
+    with start(database, root, api_keys=f"{KEY},reader:read", max_upload_bytes=400_000) as service:
         service.database, service.root = database, root
         record_id, target = store(service, photos()[13])
         page = browser.new_page()
@@ -374,6 +374,13 @@ def test_with_keys_the_page_asks_for_one(browser, tmp_path):
         # A read key may not add.
         page.get_by_role("button", name="Add").click()
         page.get_by_role("alert").filter(has_text="only read").wait_for()
+        # Too large: one line, even though the service answers before the upload has ended.
+        large = png_bytes(rgb(PHOTO))
+        assert len(large) > 400_000
+        page.get_by_label("Image", exact=True).set_input_files(
+            {"name": "large.png", "mimeType": "image/png", "buffer": large})
+        page.get_by_role("button", name="Search").click()
+        page.get_by_role("alert").filter(has_text="larger than 400000 bytes").wait_for()
         # The key is kept for the tab's session: the review page has it too.
         page.goto(service.url + "/review")
         assert page.get_by_label("API key").input_value() == "reader"

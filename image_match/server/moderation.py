@@ -1,6 +1,7 @@
 """The moderation page (issue 14): ``/`` checks an image against the store, ``/review`` walks
-the store's groups of duplicates; both are HTML from ``assets/templates`` with a little
-hand-written JavaScript and CSS from ``assets/static`` (no CDN, no build step: it works offline).
+the store's groups of duplicates; both are HTML from ``assets/templates`` (a page's body in the
+layout every page shares) with a little hand-written JavaScript and CSS from ``assets/static``
+(no CDN, no build step: it works offline).
 
 The page itself is public (it holds no data); everything it shows comes from the JSON API with
 the key the moderator enters (a key field appears when the service has keys): ``/v1/search``,
@@ -53,17 +54,25 @@ def mount(app):
     app.mount("/static", StaticFiles(directory=str(ASSETS / "static")), name="static")
 
 
-def _template(name):
-    return Template((ASSETS / "templates" / f"{name}.html").read_text(encoding="utf-8"))
+#: The pages: their path, title, script, and body (``templates/<name>.html``, in the layout).
+PAGES = {"check": ("/", "Check an image", "check.js"),
+         "review": ("/review", "Review duplicates", "review.js")}
+
+
+def _read(name):
+    return (ASSETS / "templates" / f"{name}.html").read_text(encoding="utf-8")
 
 
 def _page(request, name):
     service = access.service(request)
-    values = {"version": __version__,
+    path, title, script = PAGES[name]
+    values = {"title": title, "script": script, "version": __version__,
               "keys": "required" if request.app.state.keys else "none",
               "cutoff": f"{service.parameters.distance_cutoff:g}"}
-    body = _template(name).substitute({key: html.escape(str(value), quote=True)
-                                       for key, value in values.items()})
+    values = {key: html.escape(str(value), quote=True) for key, value in values.items()}
+    for other in PAGES:
+        values[f"{other}_current"] = ' aria-current="page"' if other == name else ""
+    body = Template(_read("layout")).substitute(values, main=_read(name))
     return HTMLResponse(body, headers=_PAGE_HEADERS)
 
 
