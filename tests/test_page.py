@@ -424,3 +424,29 @@ def test_an_engine_that_goes_away_is_one_line_on_the_page(browser, opensearch_ur
     finally:
         relay.cut()
         open_database(f"{opensearch_url}/{index}").drop()
+
+
+def test_keyboard_only_review(page, service):
+    ids = planted_group(service, photos()[14], copies=2)
+    review(page, service)
+    group = group_with(page, ids[0])
+    path = group.locator(".member:not(.kept) .path").first.inner_text()
+
+    def tab_to(locator):
+        for _ in range(200):
+            page.keyboard.press("Tab")
+            if locator.evaluate("element => element === document.activeElement"):
+                return
+        raise AssertionError(f"Tab never reached {locator}")
+
+    delete = group.locator(".member", has=page.locator(".path", has_text=path)) \
+        .get_by_role("button", name="Delete")
+    tab_to(delete)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.keyboard.press("Enter")
+    page.get_by_role("status").filter(has_text="Deleted").wait_for()
+    assert open_database(service.database).ids_with_path(path) == []
+    tab_to(group.get_by_role("button", name="Not duplicates"))
+    page.keyboard.press("Enter")
+    page.get_by_role("status").filter(has_text="not duplicates").wait_for()
+    assert group.count() == 0

@@ -95,10 +95,30 @@ const page = (() => {
     return made;
   }
 
+  // Pictures are asked for a few at a time: a page of large groups would otherwise fill the
+  // service's signing queue at once (and be refused with 503 "busy").
+  const PICTURES_AT_ONCE = 4;
+  let picturesLoading = 0;
+  const picturesWaiting = [];
+
+  async function pictureTurn() {
+    if (picturesLoading >= PICTURES_AT_ONCE) {
+      await new Promise((resolve) => picturesWaiting.push(resolve));
+    }
+    picturesLoading += 1;
+  }
+
+  function pictureDone() {
+    picturesLoading -= 1;
+    const next = picturesWaiting.shift();
+    if (next) next();
+  }
+
   // Put the picture at `url` (a /v1/pictures route) into `figure`; what cannot be shown says
   // why in its place. Resolves to {width, height, bytes} of the original, or null.
   async function picture(figure, url, alt) {
     figure.replaceChildren(element("span", {className: "placeholder", text: "loading picture…"}));
+    await pictureTurn();
     try {
       const response = await call("GET", url);
       const image = element("img", {alt});
@@ -113,6 +133,8 @@ const page = (() => {
       figure.replaceChildren(element("span", {className: "unavailable",
                                               text: `picture unavailable: ${text}`}));
       return null;
+    } finally {
+      pictureDone();
     }
   }
 
