@@ -54,9 +54,9 @@ def mount(app):
     app.mount("/static", StaticFiles(directory=str(ASSETS / "static")), name="static")
 
 
-#: The pages: their path, title, script, and body (``templates/<name>.html``, in the layout).
-PAGES = {"check": ("/", "Check an image", "check.js"),
-         "review": ("/review", "Review duplicates", "review.js")}
+#: The pages: their title and script; the body is ``templates/<name>.html``, in the layout.
+PAGES = {"check": ("Check an image", "check.js"),
+         "review": ("Review duplicates", "review.js")}
 
 
 def _read(name):
@@ -65,7 +65,7 @@ def _read(name):
 
 def _page(request, name):
     service = access.service(request)
-    path, title, script = PAGES[name]
+    title, script = PAGES[name]
     values = {"title": title, "script": script, "version": __version__,
               "keys": "required" if request.app.state.keys else "none",
               "cutoff": f"{service.parameters.distance_cutoff:g}"}
