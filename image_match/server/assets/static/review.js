@@ -91,17 +91,22 @@
 
   function memberItem(member, state, render, groupItem) {
     const kept = member.id === state.kept;
-    const figure = page.element("figure", {className: "picture"});
+    if (!member.figure) {  // asked for once; a group drawn again (Keep, Delete) reuses them
+      member.figure = page.element("figure", {className: "picture"});
+      member.size = page.picture(member.figure, `/v1/pictures/${encodeURIComponent(member.id)}`,
+                                 member.path)
+        .then((facts) => facts && facts.width ?
+          `${facts.width} × ${facts.height} px, ${page.bytes(facts.bytes)}` : "unknown");
+      member.date = page.json("GET", `/v1/images/${encodeURIComponent(member.id)}`)
+        .then((record) => record.timestamp ?
+          `${record.timestamp.slice(0, 19).replace("T", " ")} UTC` : "unknown")
+        .catch(() => "unknown");
+    }
+    const figure = member.figure;
     const size = page.element("dd", {className: "size", text: "…"});
     const date = page.element("dd", {className: "date", text: "…"});
-    page.picture(figure, `/v1/pictures/${encodeURIComponent(member.id)}`, member.path)
-      .then((facts) => {
-        size.textContent = facts && facts.width ?
-          `${facts.width} × ${facts.height} px, ${page.bytes(facts.bytes)}` : "unknown";
-      });
-    page.json("GET", `/v1/images/${encodeURIComponent(member.id)}`)
-      .then((record) => { date.textContent = record.timestamp ? record.timestamp.slice(0, 19).replace("T", " ") + " UTC" : "unknown"; })
-      .catch(() => { date.textContent = "unknown"; });
+    member.size.then((text) => { size.textContent = text; });
+    member.date.then((text) => { date.textContent = text; });
     const facts = page.element("dl", {},
       page.element("dt", {text: "Path"}), page.element("dd", {className: "path", text: member.path}),
       page.element("dt", {text: "Size"}), size,
