@@ -348,6 +348,17 @@ def test_groups_are_paged_largest_first(browser, tmp_path):
         assert page.get_by_role("button", name="Next").is_disabled()
         page.get_by_role("button", name="Previous").click()
         page.locator("#page-number").filter(has_text="page 1 of 2").wait_for()
+        # A decision makes the groups be found again: the pages follow the new ones.
+        page.locator(".group").first.get_by_role("button", name="Not duplicates").click()
+        page.get_by_role("status").filter(has_text="not duplicates").wait_for()
+        page.get_by_role("button", name="Next").click()
+        page.locator("#page-number").filter(has_text="page 2 of 2").wait_for()
+        page.get_by_role("button", name="Previous").click()
+        page.locator("#status").filter(has_text="3 groups").wait_for()
+        page.get_by_role("button", name="Next").click()
+        page.locator("#page-number").filter(has_text="page 2 of 2").wait_for()
+        assert page.locator(".group").count() == 1
+        assert not page.get_by_role("alert").inner_text()
         page.close()
 
 

@@ -34,7 +34,13 @@ const page = (() => {
     return `the service answered ${response.status} ${response.statusText}`.trim();
   }
 
-  class Failure extends Error {}
+  // A failure to show: its one-line message, and the HTTP status when the service answered.
+  class Failure extends Error {
+    constructor(message, status = null) {
+      super(message);
+      this.status = status;
+    }
+  }
 
   // fetch() through the page: the key added, the progress shown, a failure as a Failure whose
   // message is one line. Returns the Response.
@@ -56,7 +62,7 @@ const page = (() => {
         throw new Failure("the service cannot be reached (is image-match serve running?)");
       }
       if (!response.ok && !(options.accept || []).includes(response.status)) {
-        throw new Failure(await reason(response));
+        throw new Failure(await reason(response), response.status);
       }
       return response;
     } finally {

@@ -20,6 +20,7 @@
 
   async function load(index, refresh = false) {
     page.clearMessages();
+    if (index === 0) cursors = [null];  // the first page may come from groups computed anew
     const cursor = cursors[index];
     const query = new URLSearchParams({limit: GROUPS_A_PAGE, all_orientations: "true"});
     if (cursor) query.set("cursor", cursor);
@@ -41,6 +42,12 @@
       if (following) cursors[index + 1] = following;
       show(answer.groups);
     } catch (error) {
+      if (error instanceof page.Failure && error.status === 409 && index > 0) {
+        // The store changed and its groups were computed again: their pages start afresh.
+        await load(0);
+        page.say("The groups were found again since that page; here is the first one.");
+        return;
+      }
       page.showError(error);
     } finally {
       list.removeAttribute("aria-busy");
@@ -173,9 +180,6 @@
 
   previous.addEventListener("click", () => load(current - 1));
   next.addEventListener("click", () => load(current + 1));
-  reload.addEventListener("click", () => {
-    cursors = [null];
-    load(0, true);
-  });
+  reload.addEventListener("click", () => load(0, true));
   load(0);
 })();
