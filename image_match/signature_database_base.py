@@ -784,6 +784,7 @@ class SignatureDatabaseBase:
         """
         if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):
             raise InvalidParameterError(f"ids={reprlib.repr(ids)}: must be a list of record ids")
+        check_record_ids(ids)
         unique = sorted(set(ids))
         if not 2 <= len(unique) <= MAX_NOT_DUPLICATES:
             raise InvalidParameterError(
@@ -1155,6 +1156,15 @@ def _store_fields(gis, areas, image, bytestream=False, query_options=None):
 def _query(gis, options, margins, image, bytestream=False):
     """``SignatureDatabaseBase.query_signer``'s function, at module level so that it pickles."""
     return gis.query_signatures(image, bytestream, **options), margins
+
+
+def check_record_ids(ids):
+    """Refuse ids that are not valid UTF-8 text (a lone surrogate), which no store can hold."""
+    for record_id in ids:
+        try:
+            record_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParameterError(f"id {record_id!r}: not valid UTF-8 text") from None
 
 
 def _check_ids(ids):

@@ -74,6 +74,7 @@ def test_a_group_marks_every_pair_of_its_members(tmp_path):
     ("ab", "must be a list of record ids"),
     (["a", 3], "must be a list of record ids"),
     (["a", ""], "must be a list of record ids"),
+    (["a", "\ud800"], "not valid UTF-8 text"),
     ([str(n) for n in range(MAX_NOT_DUPLICATES + 1)], f"2 to {MAX_NOT_DUPLICATES}"),
 ])
 def test_what_cannot_be_marked(tmp_path, ids, reason):

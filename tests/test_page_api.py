@@ -6,6 +6,7 @@ rules (roots, links, relative paths, thumbnails, the cache) without a server.
 """
 
 import io
+import json
 import os
 import uuid
 
@@ -122,7 +123,11 @@ def test_not_duplicates_is_remembered_and_honoured(served):
     first = served.ids[0]
     url = served.url + "/v1/duplicates/not-duplicates"
     assert requests.post(url, json={"ids": first}, headers=bearer(READ)).status_code == 403
-    assert requests.post(url, json={"ids": first[:1]}, headers=bearer(WRITE)).status_code == 400
+    for ids, reason in ((first[:1], "at least 2"), ([first[0]] * 2, "the ids must differ"),
+                        (["\ud800", first[0]], "valid string")):
+        refused = requests.post(url, data=json.dumps({"ids": ids}), headers={
+            **bearer(WRITE), "Content-Type": "application/json"})
+        assert refused.status_code == 400 and reason in refused.json()["detail"], refused.text
     marked = requests.post(url, json={"ids": first}, headers=bearer(WRITE))
     assert marked.status_code == 201 and marked.json() == {"pairs": 1}
     assert group_ids(served) == [sorted(served.ids[1])]

@@ -14,7 +14,8 @@ the key the moderator enters (a key field appears when the service has keys): ``
   ``GET`` (every pair remembered);
 - ``POST /v1/duplicates/distances`` (``{"kept", "ids"}``: distances to the copy kept).
 
-They are left out of the OpenAPI document, which describes the API for programs.
+The pages and the pictures are left out of the OpenAPI document, which describes the API for
+programs; the decisions are in it (a program may keep them too).
 
 Every HTML answer carries a Content-Security-Policy allowing nothing but this origin (and the
 ``blob:`` URLs of the pictures the page fetched), so no page of the service loads anything from
@@ -24,20 +25,21 @@ elsewhere, nor can be framed.
 import html
 from importlib import resources
 from string import Template
-from typing import Annotated, List
+from typing import Annotated, Dict, List
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import Field
+from pydantic import BaseModel, Field, field_validator
 
 from .. import __version__
+from ..signature_database_base import MAX_NOT_DUPLICATES
 from . import access
 from .pictures import NotShown, Pictures, Thumbnail
 from .problems import problem
-from .v1 import URL, _Request, read_body
+from .v1 import COMPONENTS, URL, _Request, _responses, read_body
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter()
 
 ASSETS = resources.files("image_match.server") / "assets"
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -76,12 +78,12 @@ def _page(request, name):
     return HTMLResponse(body, headers=_PAGE_HEADERS)
 
 
-@router.get("/")
+@router.get("/", include_in_schema=False)
 async def check_page(request: Request):
     return _page(request, "check")
 
 
-@router.get("/review")
+@router.get("/review", include_in_schema=False)
 async def review_page(request: Request):
     return _page(request, "review")
 
@@ -102,7 +104,7 @@ def _picture(thumbnail: Thumbnail):
         "X-Content-Type-Options": "nosniff"})
 
 
-@router.get("/v1/pictures/{id}", dependencies=[access.read])
+@router.get("/v1/pictures/{id}", dependencies=[access.read], include_in_schema=False)
 async def record_picture(request: Request, id: str = Path(max_length=512),
                          shown=Depends(pictures)):
     """A stored record's picture, small."""
@@ -112,40 +114,93 @@ async def record_picture(request: Request, id: str = Path(max_length=512),
         return problem(403, str(refused), request.url.path)
 
 
-@router.get("/v1/pictures", dependencies=[access.read])
+@router.get("/v1/pictures", dependencies=[access.read], include_in_schema=False)
 async def url_picture(request: Request, url: str = Query(pattern=URL, max_length=8192),
                       shown=Depends(pictures)):
     """The picture at a URL (a query the page searched by URL), small, fetched by the service."""
     return _picture(await shown.of_path(url))
 
 
-# --- decisions on groups -----------------------------------------------------------------------------
+# --- decisions on groups (in the OpenAPI document: programs may keep them too) ---------------------
+
+RecordId = Annotated[str, Field(min_length=1, max_length=512)]
+
 
 class NotDuplicatesRequest(_Request):
-    ids: List[str] = Field(min_length=2, description="Records that are not duplicates of each "
-                           "other (every pair of them is remembered).")
+    ids: List[RecordId] = Field(
+        min_length=2, max_length=MAX_NOT_DUPLICATES, json_schema_extra={"uniqueItems": True},
+        description="Records that are not duplicates of each other: every pair of them is "
+                    "remembered.")
+
+    @field_validator("ids")
+    @classmethod
+    def different(cls, ids):
+        if len(set(ids)) != len(ids):
+            raise ValueError("the ids must differ")
+        return ids
+
+
+class NotDuplicatesMarked(BaseModel):
+    pairs: int = Field(description="Pairs remembered.")
+
+
+class Pair(BaseModel):
+    ids: List[str] = Field(description="The two ids, in order.")
+    timestamp: str = Field(description="When it was decided (ISO 8601).")
+
+
+class NotDuplicatesPairs(BaseModel):
+    pairs: List[Pair]
 
 
 class DistancesRequest(_Request):
-    kept: str = Field(min_length=1, max_length=512)
-    ids: List[Annotated[str, Field(min_length=1, max_length=512)]] = Field(max_length=1000)
-    all_orientations: bool = True
+    kept: RecordId = Field(description="The copy kept.")
+    ids: List[RecordId] = Field(max_length=1000, description="The others.")
+    all_orientations: bool = Field(True, description="Flipped and turned copies count as "
+                                   "/v1/duplicates?all_orientations=true counts them.")
 
 
-@router.post("/v1/duplicates/not-duplicates", dependencies=[access.write])
+class Distances(BaseModel):
+    kept: str
+    distances: Dict[str, float] = Field(description="Each id that exists: its distance to the "
+                                        "one kept (0 for itself).")
+
+
+def _json_body(model):
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    COMPONENTS.update(schema.pop("$defs", {}))
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+@router.post("/v1/duplicates/not-duplicates", status_code=201, dependencies=[access.write],
+             tags=["v1"],
+             openapi_extra=_json_body(NotDuplicatesRequest),
+             responses=_responses({201: ("remembered", NotDuplicatesMarked)},
+                                  400, 401, 403, 415, 503))
 async def mark_not_duplicates(request: Request, service=Depends(access.service)):
+    """Remember that these records are not duplicates of each other (a moderator's decision):
+    /v1/duplicates, the store's find_duplicates and the CLI's dedupe never group any two of
+    them again; export and import carry it."""
     fields, _ = await read_body(request, NotDuplicatesRequest)
     marked = await service.mark_not_duplicates(fields.ids)
     return JSONResponse({"pairs": marked}, 201)
 
 
-@router.get("/v1/duplicates/not-duplicates", dependencies=[access.read])
+@router.get("/v1/duplicates/not-duplicates", dependencies=[access.read], tags=["v1"],
+            responses=_responses({200: ("every pair remembered, oldest first",
+                                        NotDuplicatesPairs)}, 401, 503))
 async def not_duplicates(service=Depends(access.service)):
+    """Every pair of records marked "not duplicates"."""
     return JSONResponse({"pairs": await service.not_duplicates()})
 
 
-@router.post("/v1/duplicates/distances", dependencies=[access.read])
+@router.post("/v1/duplicates/distances", dependencies=[access.read], tags=["v1"],
+             openapi_extra=_json_body(DistancesRequest),
+             responses=_responses({200: ("the distances", Distances)}, 400, 401, 404, 415, 503))
 async def distances(request: Request, service=Depends(access.service)):
+    """The distance of each record to the one kept, as /v1/duplicates measures it (a moderator
+    choosing which copy of a group to keep); ids that do not exist are left out."""
     fields, _ = await read_body(request, DistancesRequest)
     found = await service.distances(fields.kept, fields.ids, fields.all_orientations)
     return JSONResponse({"kept": fields.kept, "distances": found})

@@ -40,6 +40,7 @@ from ..errors import (CorruptImageError, DatabaseError, FetchError, ImageLoadErr
                       InvalidParameterError, RecordNotFoundError, UnavailableError)
 from ..goldberg import normalized_distance, signature_variants
 from ..records import content_id, default_id, normalize_filter
+from ..signature_database_base import check_record_ids
 from . import metrics
 
 #: Seconds a client is told to wait when the engine or the broker is down.
@@ -454,6 +455,8 @@ class Service:
     async def distances(self, kept, ids, all_orientations=True):
         """``{id: distance to the record kept}`` as ``duplicates`` measures it, for the records
         of ``ids`` that exist (a moderator choosing which copy of a group to keep)."""
+        check_record_ids([kept, *ids])
+
         def measure(db):
             records = db.get_many([kept, *ids])
             if not isinstance(records.get(kept), dict):
