@@ -17,7 +17,9 @@ One module a job:
 - ``ops``: ``/healthz``, ``/readyz``, ``/metrics``;
 - ``auth`` and ``access``: API keys, and the routes' dependencies that check them;
 - ``middleware``: the body cap, request timeout, loopback-only rule, metrics and access log;
-- ``metrics``: the Prometheus metrics.
+- ``metrics``: the Prometheus metrics;
+- ``moderation`` and ``pictures``: the moderation page (``/``, ``/review``, templates and scripts
+  in ``assets/``) and the thumbnails it shows.
 
 Its settings are ``image_match.settings``' (``IMAGE_MATCH_API_KEYS``,
 ``IMAGE_MATCH_MAX_UPLOAD_BYTES``, ``IMAGE_MATCH_REQUEST_TIMEOUT``, ``IMAGE_MATCH_SIGNING_*``,

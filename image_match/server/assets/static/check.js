@@ -66,6 +66,7 @@
     if (query.file) {
       const image = page.element("img", {alt: `query: ${query.file.name}`});
       image.src = URL.createObjectURL(query.file);
+      image.addEventListener("load", () => URL.revokeObjectURL(image.src), {once: true});
       queryPicture.replaceChildren(image, page.element("figcaption", {text: query.file.name}));
     } else {
       const holder = page.element("div");
