@@ -564,7 +564,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=30.0, help="per level, measured")
     parser.add_argument("--warmup", type=float, default=5.0, help="per level, not measured")
     parser.add_argument("--runs", type=int, default=3,
-                        help="rounds of every measurement; the table gives their medians")
+                        help="rounds of every measurement; the table gives their medians (0: "
+                             "none, only the steady run)")
     parser.add_argument("--steady-seconds", type=float, default=0.0)
     parser.add_argument("--steady-rate", type=float, default=50.0)
     parser.add_argument("--steady-store", default="opensearch", choices=["sqlite", "opensearch"])
@@ -616,7 +617,8 @@ def main():
                 url = f"{node('opensearch', args.es_url, args.data_dir)}/service-bench-{args.records}"
                 label = f"OpenSearch 2.19, {args.records:,}"
             fill(url, args.records)
-            measure(label, url, queries, args, rows, args.concurrency)
+            if args.runs:  # --runs 0: only the steady run
+                measure(label, url, queries, args, rows, args.concurrency)
             if args.steady_seconds and kind == args.steady_store:
                 steady = steady_run(url)
             while engines:  # each engine stopped once measured: it would load the others' runs
@@ -660,13 +662,15 @@ def report(args, rows, steady, started_load):
              for (store, how, concurrency), results in grouped.items()]
     lines = [f"python benchmarks/service_throughput.py {' '.join(sys.argv[1:])}",
              machine_line(), f"load average at start {started_load[0]:.1f}, at end "
-             f"{os.getloadavg()[0]:.1f} (1 min)",
-             f"medians of {args.runs} runs of {args.seconds:g} s a row (after {args.warmup:g} s "
-             "of warm-up); ratios are of rows of the same run (median, and the runs' range)", ""]
-    buffer = io.StringIO()
-    print_table(["store", "searches", "concurrency", "searches/s", "p50 ms", "p99 ms", "errors"],
-                table, file=buffer)
-    lines.append(buffer.getvalue())
+             f"{os.getloadavg()[0]:.1f} (1 min)", ""]
+    if table:
+        lines[-1:] = [f"medians of {args.runs} runs of {args.seconds:g} s a row (after "
+                      f"{args.warmup:g} s of warm-up); ratios are of rows of the same run "
+                      "(median, and the runs' range)", ""]
+        buffer = io.StringIO()
+        print_table(["store", "searches", "concurrency", "searches/s", "p50 ms", "p99 ms",
+                     "errors"], table, file=buffer)
+        lines.append(buffer.getvalue())
 
     def per_run(store, how, concurrency):
         return {run: result for s, h, c, run, result in rows
