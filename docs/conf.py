@@ -97,6 +97,7 @@ README_SECTIONS = {
     "Crops, bars, rotations and insets": ":ref:`crops`",
     "Accuracy": ":ref:`accuracy`",
     "Speed": ":ref:`speed`",
+    "Operations": ":ref:`cluster`",
 }
 
 
