@@ -98,6 +98,7 @@ README_SECTIONS = {
     "Accuracy": ":ref:`accuracy`",
     "Speed": ":ref:`speed`",
     "Operations": ":ref:`cluster`",
+    "Fuzzing": ":ref:`fuzzing`",
 }
 
 
