@@ -43,7 +43,6 @@ from common import CACHE, corpus_paths, machine_line, print_table  # noqa: E402
 
 from image_match.drivers.elasticsearch import SignatureES, open_search_engine  # noqa: E402
 from image_match.goldberg import ImageSignature, is_featureless, normalized_distance  # noqa: E402
-from image_match.words import make_words  # noqa: E402
 
 CUTOFF = 0.45
 SIZE = 100
@@ -159,7 +158,7 @@ def recall(found, truths):
 
 def measure(store, queries, truths, rounds):
     """``(found per query, single-search percentiles, msearch percentiles)``."""
-    words = make_words(queries)
+    words = store.scheme.terms(queries)  # 1.x's words, as the store indexes them
     found = [set(int(r.id) for r in lst) for lst in store._candidates(words, SIZE, None)]
     single, batch = [], []
     for _ in range(rounds):

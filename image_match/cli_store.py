@@ -16,6 +16,7 @@ from .cli_common import (CUTOFF, EXIT_FAILURE, can_ask, database_url, db_option,
                          parse_metadata, progress, query_options, usage_error, workers_option)
 from .errors import ImageLoadError, ImageMatchError, InvalidParameterError
 from .records import content_id, default_id
+from .words import SCHEMES
 
 BATCH_SIZE = 500
 
@@ -395,9 +396,12 @@ def import_records(state, source, batch_size, db_url, as_json):
     Signatures are stored as they are (no image is read), so the target store must be built
     with the same signature variant as the source. The crop windows' signatures of an export from
     a store with crop windows are kept when the target has them too ('init --crop-windows'), and
-    left out otherwise. A record whose id exists replaces it. Bad lines are reported with their
-    line numbers and the others imported; exits 1 if any failed. Pairs marked "not duplicates"
-    ({"not_duplicates": [ID, ID], "timestamp"} lines) are remembered in the target as well.
+    left out otherwise. The target indexes the records by its own candidate scheme (their terms
+    are made again from the signatures), so an export moves a store to another scheme: 'init
+    --candidates words' or 'bands' first. A record whose id exists replaces it. Bad lines are
+    reported with their line numbers and the others imported; exits 1 if any failed. Pairs marked
+    "not duplicates" ({"not_duplicates": [ID, ID], "timestamp"} lines) are remembered in the
+    target as well.
     """
     stream = sys.stdin if source == "-" else open(source, encoding="utf-8")
     try:
@@ -493,9 +497,13 @@ def _import_item(line):
 @click.option("--replicas", type=click.IntRange(0), default=None,
               help="OpenSearch/Elasticsearch: replicas of each shard of a new index (default: 1 "
                    "once the cluster has a second node, else 0).")
+@click.option("--candidates", type=click.Choice(SCHEMES), default=None,
+              help="How a new store finds candidates: 'bands' (the default) or 'words', "
+                   "image-match 1.x's. An existing store keeps its own (given here, it must be "
+                   "the same); export and import move records to a store of another.")
 @db_option
 @output_options
-def init(variant, crop_windows, shards, replicas, db_url, as_json):
+def init(variant, crop_windows, shards, replicas, candidates, db_url, as_json):
     """Create the store if it does not exist, and say what it holds."""
     options = {"variant": variant} if variant else {}
     if crop_windows:
@@ -506,17 +514,20 @@ def init(variant, crop_windows, shards, replicas, db_url, as_json):
                 raise InvalidParameterError(f"--{name} is for an OpenSearch or Elasticsearch "
                                             "store (--db http://...)")
             options[name] = value
+    if candidates:
+        options["candidates"] = candidates
     db = open_store(db_url, create=True, **options)
     description = db.describe()
     variant = db.gis.parameters()["variant"]
     windows = list(db.crop_windows)
     if as_json:
-        json_line({**description, "variant": variant, "crop_windows": windows})
+        json_line({**description, "variant": variant, "crop_windows": windows,
+                   "candidates": db.scheme.config()})
     else:
         extra = (f", crop windows {'/'.join(f'{round(100 * a)}%' for a in windows)}"
                  if windows else "")
         click.echo(f"ready: {description['location']} ({description['engine']}, variant {variant}"
-                   f"{extra}, {description['records']} records)")
+                   f"{extra}, candidates {db.scheme.name}, {description['records']} records)")
 
 
 @click.command(short_help="Delete the store and all its records.")

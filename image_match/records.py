@@ -1,9 +1,10 @@
 """What a store keeps per image, and the small codecs every driver shares.
 
 A :class:`Record` is one stored image: its id, its path (or URL, or any name the user gave), its
-signature, its words, its metadata and when it was added. Drivers store the signature packed
-(``pack_signatures``: three values a byte, 216 bytes for 648 values) and the words in whatever
-layout their engine indexes best; they hand records back to the base class as ``Record`` objects.
+signature, its index terms (``words.CandidateScheme``), its metadata and when it was added.
+Drivers store the signature packed (``pack_signatures``: three values a byte, 216 bytes for 648
+values) and the terms in whatever layout their engine indexes best; they hand records back to
+the base class as ``Record`` objects.
 """
 
 import hashlib
@@ -29,23 +30,24 @@ _UNPACK = (np.arange(256)[:, None] // _PLACES % _BASE - 2).astype(np.int8)
 class Record:
     """One stored image.
 
-    ``signature`` is an int8 array, ``words`` an int64 array (N words) or None when the driver did
-    not read them back, ``metadata`` a JSON-serializable dict or None, ``timestamp`` a timezone-aware
-    datetime, ``score`` how the engine ranked it as a candidate (shared words, or the engine's score).
+    ``signature`` is an int8 array, ``terms`` its index terms (the store's candidate scheme's)
+    when writing and None when read back, ``metadata`` a JSON-serializable dict or None,
+    ``timestamp`` a timezone-aware datetime, ``score`` how the engine ranked it as a candidate
+    (shared terms, or the engine's score).
     ``windows``: in a store with crop windows, the (W, L) int8 signatures of the image's central
-    windows (None when the record has none), and ``window_words`` their (W, N) words when writing.
+    windows (None when the record has none), and ``window_terms`` their (W, T) terms when writing.
     """
 
     id: str
     path: str
     signature: np.ndarray
-    words: np.ndarray = None
+    terms: np.ndarray = None
     metadata: dict = None
     timestamp: datetime = None
     score: float = None
     extra: dict = field(default_factory=dict)
     windows: np.ndarray = None
-    window_words: np.ndarray = None
+    window_terms: np.ndarray = None
 
     def as_dict(self):
         """The record as JSON-ready data (for export and ``get``); ``windows`` (a list of
@@ -140,10 +142,10 @@ def unpack_signatures(packed, length=648):
     return _UNPACK[packed].reshape(packed.shape[0], -1)[:, :length]
 
 
-def indexed_window_words(window_words, windows):
-    """The words of a record's crop windows that a store indexes: all but those of featureless
-    windows, whose words every blank patch shares. (K, N), K <= W."""
-    return np.asarray(window_words)[~is_featureless(windows)]
+def indexed_window_terms(window_terms, windows):
+    """The terms of a record's crop windows that a store indexes: all but those of featureless
+    windows, whose terms every blank patch shares. (K, T), K <= W."""
+    return np.asarray(window_terms)[~is_featureless(windows)]
 
 
 def pack_windows(windows):

@@ -37,10 +37,11 @@ and through it the CLI, ingestion and the service) give a NEW store its better d
 explicitly, from ``drivers.NEW_STORE_DEFAULTS`` (``new_store_defaults=``).
 
 A store records its parameters when it is created - the signature's (variant, grid, draft
-decoding), its words (k, N), crop windows, cutoff, id scheme and search defaults - and adopts
-them whenever it is opened again, whoever opens it, so that it is always queried the way its
-records were signed. Given explicitly, a parameter that decides what is stored (the signature's,
-words, crop windows) must equal the recorded one (else ``InvalidParameterError``: signatures made
+decoding), its candidate scheme (``candidates``: 1.x's words of k values, N a signature, or
+bands), crop windows, cutoff, id scheme and search defaults - and adopts them whenever it is
+opened again, whoever opens it, so that it is always queried the way its records were signed and
+indexed. Given explicitly, a parameter that decides what is stored (the signature's, candidate
+scheme, crop windows) must equal the recorded one (else ``InvalidParameterError``: signatures made
 otherwise do not compare); the cutoff, the id scheme and the search defaults, which decide only
 how a search or an add behaves, may be overridden for this handle (and ``search_image``'s
 options for one call). A store of
@@ -57,7 +58,7 @@ light central crop of it (``goldberg.uncropped_signature``: copies keeping 58-90
 ``search_image`` finds mirror images and light crops, for 3 more query signatures; a store
 constructed directly searches as 1.x did. A store created with ``crop_windows=True`` keeps,
 beside each image's signature, the signatures of its central windows
-(``goldberg.CROP_WINDOW_AREAS``: the middle 50% and 75% of the area) and indexes their words too,
+(``goldberg.CROP_WINDOW_AREAS``: the middle 50% and 75% of the area) and indexes their terms too,
 so that a copy cropped to its centre is found down to half the area (about 2.6 times the index).
 ``frames=True`` adds its central frames (copies with caption bars, letterbox bars or a border
 added), ``small_rotations=True`` the query turned by 5, 10 and 15 degrees each way (copies turned
@@ -94,7 +95,7 @@ from .goldberg import (CORNER_CROP_SIDE, CROP_WINDOW_AREAS, ORIENTATION_MARGIN, 
 from .goldberg import normalized_distance as _normalized_distance
 from .loading import describe
 from .records import Record, check_metadata, default_id, normalize_filter, now, record_path
-from .words import make_words, word_positions
+from .words import make_words, scheme_from_config, word_positions
 
 #: image-match 1.x's cutoff: a store constructed directly, or holding 1.x's documents, has it.
 CUTOFF_1X = 0.45
@@ -153,8 +154,16 @@ class SignatureDatabaseBase:
         Matches are closer than this. None: the store's; for a new store 1.x's 0.45
         (``CUTOFF_1X``; image-match 2's entry points give new stores 0.40, ``DEFAULT_CUTOFF``: at
         0.45 a store of a million photos returns about 40 unrelated matches a query).
-    size : int
+    size : int or None
         Candidates the engine returns per query signature before the exact distance ranks them.
+        None: the candidate scheme's (``CandidateScheme.size``: 100 for 1.x's words, fewer for
+        bands, which rank a copy among the first few).
+    candidates : str, dict or None
+        The store's candidate scheme (``words.SCHEMES``): ``"words"``, image-match 1.x's words of
+        ``k`` signs, ``N`` a signature; ``"bands"``, bands of signs spread over the signature; or
+        a dict of a scheme's parameters (``{"scheme": "bands", "bands": 64, "width": 9}``).
+        None: the store's; for a new store 1.x's words (image-match 2's entry points give new
+        stores ``words.DEFAULT_BANDS``). Another explicit value than the store's refuses.
     crop_windows : bool, sequence of float or None
         For a new store: True keeps the signatures of each image's central windows
         (``CROP_WINDOW_AREAS``, or the areas given, each in (0, 1)) beside its own, so that copies
@@ -183,8 +192,9 @@ class SignatureDatabaseBase:
     """
 
     def __init__(self, k=16, N=63, n_grid=9, crop_percentile=(5, 95), distance_cutoff=None,
-                 *signature_args, size=100, crop_windows=None, ids=None, search_defaults=None,
-                 orientation_margin=None, new_store_defaults=None, **signature_kwargs):
+                 *signature_args, size=None, candidates=None, crop_windows=None, ids=None,
+                 search_defaults=None, orientation_margin=None, new_store_defaults=None,
+                 **signature_kwargs):
         if len(signature_args) > len(_SIGNATURE_KEYS) - 2:
             raise InvalidParameterError(
                 f"{len(signature_args)} positional ImageSignature parameters given after "
@@ -197,16 +207,16 @@ class SignatureDatabaseBase:
             ("k", k, 16), ("N", N, 63), ("n_grid", n_grid, 9),
             ("crop_percentile", crop_percentile, (5, 95))) if value != default)
         given.update((name, value) for name, value in (
-            ("distance_cutoff", distance_cutoff), ("crop_windows", crop_windows), ("ids", ids),
-            ("search_defaults", search_defaults), ("orientation_margin", orientation_margin))
-            if value is not None)
+            ("distance_cutoff", distance_cutoff), ("candidates", candidates),
+            ("crop_windows", crop_windows), ("ids", ids), ("search_defaults", search_defaults),
+            ("orientation_margin", orientation_margin)) if value is not None)
         if new_store_defaults is not None and not isinstance(new_store_defaults, Mapping):
             raise InvalidParameterError(
                 f"new_store_defaults={new_store_defaults!r}: must be a dict")
         self._given = given
         self._new_store_defaults = dict(new_store_defaults or {})
         self._opened = False
-        self.size = _check_size(size)
+        self.size = size
         self._configure(given)
 
     def _configure(self, parameters):
@@ -230,13 +240,28 @@ class SignatureDatabaseBase:
         self.search_defaults = _check_search_defaults(
             parameters.pop("search_defaults", SEARCH_DEFAULTS_1X))
         self.orientation_margin = _check_margin(parameters.pop("orientation_margin", 0.0))
+        candidates = parameters.pop("candidates", "words")
         # n and crop_percentiles are the store's n_grid and crop_percentile.
         unknown = sorted(set(parameters) - set(_SIGNATURE_KEYS[2:]))
         if unknown:
             raise InvalidParameterError(f"{', '.join(unknown)}: not a parameter of a store")
         self.gis = ImageSignature(n_grid, self.crop_percentile, **parameters)
+        if candidates in ("words", {"scheme": "words"}):
+            candidates = {"scheme": "words", "k": k, "N": N}
+        self.scheme = scheme_from_config(candidates, self.gis.sig_length, self.gis.n,
+                                         self.gis.diagonal_neighbors)
 
     # --- the store's parameters -------------------------------------------------------------
+
+    @property
+    def size(self):
+        """Candidates the engine returns per query signature: as given, else the candidate
+        scheme's."""
+        return self.scheme.size if self._size is None else self._size
+
+    @size.setter
+    def size(self, value):
+        self._size = None if value is None else _check_size(value)
 
     def _config(self):
         parameters = self.gis.parameters()
@@ -246,6 +271,7 @@ class SignatureDatabaseBase:
             "N": self.N,
             "signature": {key: _jsonable(parameters[key]) for key in _SIGNATURE_KEYS},
             "crop_windows": list(self.crop_windows),
+            "candidates": self.scheme.config(),
             "distance_cutoff": self.distance_cutoff,
             "ids": self.ids,
             "search_defaults": dict(self.search_defaults),
@@ -288,14 +314,18 @@ class SignatureDatabaseBase:
                        "without crop windows, which are chosen when a store is created: make a "
                        "new store with crop_windows=True and add the images to it"))
             conflicts.append(f"crop_windows={list(stored_windows) or False!r}")
+        if "candidates" in given and stored["candidates"] != current["candidates"]:
+            conflicts.append(f"candidates={stored['candidates']!r}")
         if conflicts:
             raise InvalidParameterError(
                 f"{self.location}: this store was built with {', '.join(conflicts)}; open it with "
-                f"those parameters (signatures made otherwise do not compare)")
+                f"those parameters (signatures made otherwise do not compare; export and import "
+                f"move records to a store made otherwise)")
         signature = dict(stored["signature"])
         parameters = {"k": stored["k"], "N": stored["N"], "n_grid": signature.pop("n"),
                       "crop_percentile": _tuple_or_none(signature.pop("crop_percentiles")),
                       "crop_windows": list(stored_windows) or None, **signature,
+                      "candidates": stored["candidates"],
                       "distance_cutoff": stored["distance_cutoff"], "ids": stored["ids"],
                       "search_defaults": stored["search_defaults"],
                       "orientation_margin": stored["orientation_margin"]}
@@ -408,7 +438,7 @@ class SignatureDatabaseBase:
             records.append(record)
         if not records:
             return results
-        # The signatures' codes are checked, converted and cut into words for the whole batch
+        # The signatures' codes are checked, converted and cut into terms for the whole batch
         # at once: record by record, that was a fifth of a bulk insert's time in the client.
         signatures = np.stack([record.signature for record in records])
         valid = _valid_codes(signatures, self.gis.n_levels)
@@ -421,15 +451,15 @@ class SignatureDatabaseBase:
             if not records:
                 return results
         signatures = signatures.astype(np.int8)
-        words = make_words(signatures, self.k, self.N)
-        for record, signature, row in zip(records, signatures, words):
-            record.signature, record.words = signature, row
+        terms = self.scheme.terms(signatures)
+        for record, signature, row in zip(records, signatures, terms):
+            record.signature, record.terms = signature, row
         windowed = [record for record in records if record.windows is not None]
         if windowed:
-            window_words = make_words(np.concatenate([r.windows for r in windowed]), self.k, self.N)
+            window_terms = self.scheme.terms(np.concatenate([r.windows for r in windowed]))
             count = len(self.crop_windows)
             for index, record in enumerate(windowed):
-                record.window_words = window_words[index * count:(index + 1) * count]
+                record.window_terms = window_terms[index * count:(index + 1) * count]
         reasons = iter(self._insert(records, refresh=refresh_after))
         for index, outcome in enumerate(results):
             if isinstance(outcome, Record):
@@ -698,7 +728,7 @@ class SignatureDatabaseBase:
             kept = ~is_featureless(signatures)
             searched.append((signatures[kept], margins[kept]))
         stacked = [signatures for signatures, _ in searched if len(signatures)]
-        candidate_lists = iter(self._candidates(make_words(np.concatenate(stacked), self.k, self.N),
+        candidate_lists = iter(self._candidates(self.scheme.terms(np.concatenate(stacked)),
                                                 size, pre_filter) if stacked else [])
         results = []
         for signatures, margins in searched:
@@ -959,7 +989,7 @@ class SignatureDatabaseBase:
     def _insert(self, records, refresh=False):
         raise NotImplementedError
 
-    def _candidates(self, words, size, pre_filter):
+    def _candidates(self, terms, size, pre_filter):
         raise NotImplementedError
 
     def _get(self, ids):
@@ -1179,6 +1209,8 @@ def _completed(stored):
     stored = dict(stored)
     stored["signature"] = {"draft": _UNRECORDED["draft"], **stored["signature"]}
     stored["crop_windows"] = stored.get("crop_windows") or []  # none before crop windows existed
+    # 1.x's words before candidate schemes were recorded.
+    stored.setdefault("candidates", {"scheme": "words", "k": stored["k"], "N": stored["N"]})
     for key in ("distance_cutoff", "ids", "search_defaults", "orientation_margin"):
         stored.setdefault(key, _UNRECORDED[key])
     return stored

@@ -316,7 +316,8 @@ def test_init_and_drop(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'new.db'}"
     created = run("init", "--db", url, "--variant", "paper")
     assert created.exit_code == 0
-    assert created.stdout.startswith(f"ready: {url} (sqlite") and "variant paper, 0 records" in created.stdout
+    assert created.stdout.startswith(f"ready: {url} (sqlite")
+    assert "variant paper, candidates bands, 0 records" in created.stdout
     assert lines(run("init", "--json", "--db", url))[0]["variant"] == "paper"  # kept
     conflict = run("init", "--db", url, "--variant", "1.x")
     assert conflict.exit_code == 2 and "variant='paper'" in only_line(conflict)
@@ -337,6 +338,21 @@ def test_init_and_drop(tmp_path, monkeypatch):
     gone = run("drop", "--yes", "--json", "--db", url)
     assert gone.exit_code == 1 and only_line(gone) == f"error: {url}: no such store"
     assert run("add", "--db", url, PHOTO).exit_code == 0  # adding creates it again
+
+
+def test_export_and_import_move_a_store_to_another_candidate_scheme(tmp_path):
+    words, bands = (f"sqlite:///{tmp_path / name}" for name in ("words.db", "bands.db"))
+    created = lines(run("init", "--json", "--candidates", "words", "--db", words))[0]
+    assert created["candidates"] == {"scheme": "words", "k": 16, "N": 63}
+    assert run("add", "--db", words, PHOTO).exit_code == 0
+    dump = tmp_path / "dump.jsonl"
+    assert run("export", "-o", dump, "--db", words).exit_code == 0
+    assert run("init", "--candidates", "bands", "--db", bands).exit_code == 0
+    assert run("import", dump, "--db", bands).exit_code == 0
+    found = lines(run("search", "--json", "--db", bands, PHOTO))[0]["matches"]
+    assert [m["path"] for m in found] == [str(PHOTO)]
+    conflict = run("init", "--candidates", "words", "--db", bands)
+    assert conflict.exit_code == 2 and "candidates=" in only_line(conflict)
 
 
 # --- errors ---------------------------------------------------------------------------------------

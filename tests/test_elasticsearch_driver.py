@@ -23,7 +23,7 @@ from conftest import engine_client, photos
 from image_match.drivers import open_database
 from image_match.drivers import es_filters
 from image_match.drivers.elasticsearch import (QueryDSL, SignatureES, _parse_url,
-                                               check_client_version, tagged_words)
+                                               check_client_version)
 from image_match.drivers.es_filters import metadata_term, metadata_terms
 from image_match.errors import DatabaseError, InvalidParameterError
 from image_match.goldberg import ImageSignature
@@ -118,11 +118,6 @@ def test_metadata_terms_follow_the_reference_filter(metadata):
         by_terms = all(indexed & {metadata_term(key, v) for v in values}
                        for key, values in normalized.items())
         assert by_terms == filter_matches(metadata, normalized), pre_filter
-
-
-def test_tagged_words_put_each_word_at_its_position():
-    words = np.array([[0, 5, 3 ** 16 - 1]])
-    assert tagged_words(words).tolist() == [[0, 3 ** 16 + 5, 3 * 3 ** 16 - 1]]
 
 
 def test_raw_dsl_is_told_from_a_portable_filter():

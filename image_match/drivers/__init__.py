@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import InvalidParameterError
 from ..goldberg import ORIENTATION_MARGIN
 from ..signature_database_base import DEFAULT_CUTOFF, SEARCH_DEFAULTS
+from ..words import DEFAULT_BANDS
 
 #: image-match 2's defaults for a store it creates: keyword arguments of the drivers' constructors,
 #: which ``open_database`` (and so the CLI, ingestion and the service) gives a NEW store for those
@@ -45,6 +46,10 @@ NEW_STORE_DEFAULTS = {
     # unrelated pairs below the cutoff as the query alone, and mirrored copies are still found
     # (a median 0.02 from their originals). 1.x: 0, none.
     "orientation_margin": ORIENTATION_MARGIN,
+    # Candidates by bands of signs spread over the signature: among many records they return
+    # the copies the exact distance accepts, where 1.x's words lose about one in ten (README.rst,
+    # "Search at scale"; benchmarks/search_scale.py). 1.x: "words".
+    "candidates": DEFAULT_BANDS,
 }
 
 

@@ -16,22 +16,24 @@ An index is created with an explicit, strict mapping (nothing is left to dynamic
     signature       binary, not indexed          the signature packed 3 values a byte: 216 bytes
     windows         binary, not indexed          with crop windows: the central windows'
                                                  signatures, packed one after the other
-    words           keyword, many values         layout "words" (the default): word i as
-                                                 ``i * 3**k + word``, one field for all N words
-                                                 (and those of the windows, in a store with them)
-    simple_word_i   long, i = 0..N-1             layout "simple_words": image-match 1.x's fields
-                                                 (several values with windows)
+    words           keyword, many values         layout "words" (the default): the index terms
+                                                 of the store's candidate scheme
+                                                 (``words.CandidateScheme.terms``; with 1.x's
+                                                 words, word i as ``i * 3**k + word``), and those
+                                                 of the windows in a store with them
+    simple_word_i   long, i = 0..N-1             layout "simple_words": image-match 1.x's fields,
+                                                 for its words only (several values with windows)
     metadata        object, enabled: false       kept as given, not indexed
     metadata_terms  keyword, many values         ``key=<JSON value>`` per scalar in metadata, dotted
                                                  keys for nested objects: what pre_filter queries
     timestamp       date
 
-and the store's parameters (signature variant, grid, k, N) and its layout in the mapping's
-``_meta``, read back on every open. Candidates for a query are the records sharing the most words:
-a bool query of one term clause per word with ``minimum_should_match``, all the queries of a
-search (8 with ``all_orientations``, or a batch) in one ``msearch``. ``benchmarks/es_word_layout.py``
-measures the two layouts; "words" is the default because it is faster for the same recall and
-smaller on disk.
+and the store's parameters (signature variant, grid, candidate scheme) and its layout in the
+mapping's ``_meta``, read back on every open. Candidates for a query are the records sharing the
+most terms: a bool query of one term clause per term with ``minimum_should_match``, all the
+queries of a search (8 with ``all_orientations``, or a batch) in one ``msearch``.
+``benchmarks/es_word_layout.py`` measures the two layouts; "words" is the default because it is
+faster for the same recall and smaller on disk.
 
 Indices written by image-match 1.x are read, searched, filtered and written in their own shape
 without re-indexing, in both of its layouts (no ``_meta``, a dynamic mapping):
@@ -71,7 +73,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from ..errors import DatabaseError, InvalidParameterError
-from ..records import (Record, filter_matches, indexed_window_words, pack_signatures,
+from ..records import (Record, filter_matches, indexed_window_terms, pack_signatures,
                        pack_windows, packed_size, unpack_signatures, unpack_windows)
 from ..signature_database_base import CUTOFF_1X, SignatureDatabaseBase, scored_candidates
 from ..words import make_words, word_field_names
@@ -79,7 +81,7 @@ from .es_filters import (TERMS_FIELD, Clauses, IndexFields, QueryDSL, field_mapp
                          metadata_term, metadata_terms, normalize)
 
 # QueryDSL is offered here too, beside the driver that takes it.
-__all__ = ["SignatureES", "QueryDSL", "open_search_engine", "check_client_version", "tagged_words",
+__all__ = ["SignatureES", "QueryDSL", "open_search_engine", "check_client_version",
            "LAYOUTS", "DEFAULT_LAYOUT"]
 
 LAYOUTS = ("words", "simple_words")
@@ -115,8 +117,9 @@ class SignatureES(SignatureDatabaseBase):
         types (an index made with one on 6.x is still reached through ``_doc``).
     timeout : str or number
         How long the engine may spend on one search ("10s", or seconds).
-    size : int
-        Candidates fetched per query signature.
+    size : int or None
+        Candidates fetched per query signature (None: the candidate scheme's; 100 for 1.x's
+        words).
     *args
         Passed to ``SignatureDatabaseBase`` (``k, N, n_grid, crop_percentile, distance_cutoff``).
     shards : int
@@ -128,6 +131,7 @@ class SignatureES(SignatureDatabaseBase):
     layout : {"words", "simple_words"} or None
         How the words of a new index are stored (see the module's docstring); None: the default
         for a new index, whatever an existing one has. An existing index of another layout refuses.
+        "simple_words" holds 1.x's words only (a new index of it has them unless told otherwise).
     minimum_should_match : int or str
         Words a candidate must share with a query (1: any; "10%" is also understood).
     create : bool
@@ -143,9 +147,12 @@ class SignatureES(SignatureDatabaseBase):
         A parameter is invalid, or conflicts with the parameters the index was built with.
     """
 
-    def __init__(self, es, index="images", doc_type="image", timeout="10s", size=100, *args,
+    def __init__(self, es, index="images", doc_type="image", timeout="10s", size=None, *args,
                  shards=1, replicas=None, layout=None, minimum_should_match=1, create=True,
                  **kwargs):
+        if layout == "simple_words" and kwargs.get("new_store_defaults"):
+            # 1.x's fields hold 1.x's words: a new index of that layout has them by default.
+            kwargs["new_store_defaults"] = {**kwargs["new_store_defaults"], "candidates": "words"}
         super().__init__(*args, size=size, **kwargs)
         if not isinstance(index, str) or not index:
             raise InvalidParameterError(f"index={index!r}: must be a non-empty string")
@@ -228,6 +235,7 @@ class SignatureES(SignatureDatabaseBase):
         config = self._config()
         config["signature"].update(variant="1.x", draft=False)
         config.update(crop_windows=[], distance_cutoff=CUTOFF_1X, ids="new")
+        del config["candidates"]  # 1.x's words, of the k and N found below
         word_count = sum(1 for name in properties if re.fullmatch(r"simple_word_\d+", name))
         if word_count:
             config["N"] = word_count
@@ -275,6 +283,10 @@ class SignatureES(SignatureDatabaseBase):
         self._index_exists = True
 
     def _mappings(self, config):
+        if self.layout == "simple_words" and self.scheme.name != "words":
+            raise InvalidParameterError(
+                f"{self.location}: the simple_words layout holds image-match 1.x's words only, "
+                f"not the {self.scheme.name} candidate scheme")
         properties = {
             "id": {"type": "keyword", "index": False},
             "path": {"type": "keyword"},
@@ -344,7 +356,7 @@ class SignatureES(SignatureDatabaseBase):
 
     def _documents(self, records):
         """The engine's document of each record. What can be is computed for the whole batch at
-        once (packing, word tags): per record, it was most of the client's time in a bulk."""
+        once (packing, field words): per record, it was most of the client's time in a bulk."""
         if not records:
             return []
         signatures = np.stack([record.signature for record in records])
@@ -354,10 +366,11 @@ class SignatureES(SignatureDatabaseBase):
         else:
             packed = pack_signatures(signatures)
         with_id = self._order() == "id"
-        plain_tags = None
-        if self.layout == "words":
-            # Position-tagged words differ from each other, so a record's own need no dedup.
-            plain_tags = tagged_words(np.stack([r.words for r in records]), self.k).tolist()
+        # A record's own terms differ from each other (each has its own range): no dedup needed.
+        plain = np.stack([r.terms for r in records])
+        if self.layout == "simple_words":
+            plain = self.scheme.words_of_terms(plain)
+        plain = plain.tolist()
         documents = []
         for index, record in enumerate(records):
             document = {"path": record.path}
@@ -371,29 +384,29 @@ class SignatureES(SignatureDatabaseBase):
                 document["signature"] = base64.b64encode(packed[index]).decode()
                 document["metadata"] = record.metadata
                 document[TERMS_FIELD] = metadata_terms(record.metadata)
-            with_windows = None  # the record's words and its windows', when it has windows
+            with_windows = None  # the record's terms and its windows', when it has windows
             if record.windows is not None and not self.legacy:
                 document["windows"] = base64.b64encode(pack_windows(record.windows)).decode()
                 with_windows = np.concatenate(
-                    [record.words[None], indexed_window_words(record.window_words,
+                    [record.terms[None], indexed_window_terms(record.window_terms,
                                                               record.windows)])
             if self.layout == "words":
-                document[_WORDS_FIELD] = (
-                    plain_tags[index] if with_windows is None
-                    else _unique(tagged_words(with_windows, self.k).ravel().tolist()))
+                document[_WORDS_FIELD] = (plain[index] if with_windows is None
+                                          else _unique(with_windows.ravel().tolist()))
             elif with_windows is None:
-                document.update(zip(word_field_names(self.N), record.words.tolist()))
+                document.update(zip(word_field_names(self.scheme.N), plain[index]))
             else:
-                document.update(zip(word_field_names(self.N), (_unique(column) for column in
-                                                                with_windows.T.tolist())))
+                words = self.scheme.words_of_terms(with_windows)
+                document.update(zip(word_field_names(self.scheme.N),
+                                    (_unique(column) for column in words.T.tolist())))
             document["timestamp"] = _format_timestamp(record.timestamp)
             documents.append({self.root: document} if self.root else document)
         return documents
 
-    def _candidates(self, words, size, pre_filter):
+    def _candidates(self, terms, size, pre_filter):
         clauses = self._filter_clauses(pre_filter)
         searches = []
-        for row in np.atleast_2d(words):
+        for row in np.atleast_2d(terms):
             query = self._words_query(row)
             if clauses:
                 query = {"bool": {"must": [query], "filter": clauses}}
@@ -424,13 +437,13 @@ class SignatureES(SignatureDatabaseBase):
                 for records in candidates]
 
     def _words_query(self, row):
-        """Records sharing at least ``minimum_should_match`` of the words ``row``, scored by the
-        words they share (a term on a long field scores 1; on the keyword field, its rarity)."""
+        """Records sharing at least ``minimum_should_match`` of the terms ``row``, scored by the
+        terms they share (a term on a long field scores 1; on the keyword field, its rarity)."""
         if self.layout == "words":
-            should = [{"term": {_WORDS_FIELD: int(v)}} for v in tagged_words(row, self.k)]
+            should = [{"term": {_WORDS_FIELD: int(v)}} for v in row]
         else:
-            should = [{"term": {self._field(name): int(w)}}
-                      for name, w in zip(word_field_names(self.N), row)]
+            should = [{"term": {self._field(name): int(w)}} for name, w in
+                      zip(word_field_names(self.scheme.N), self.scheme.words_of_terms(row))]
         return {"bool": {"should": should, "minimum_should_match": self.minimum_should_match}}
 
     def _check_filter(self, pre_filter):
@@ -661,23 +674,6 @@ class SignatureES(SignatureDatabaseBase):
 
 
 # --- documents --------------------------------------------------------------------------------
-
-def tagged_words(words, k=16):
-    """The "words" layout's values: word i of a signature as ``i * 3**k + word``, so that one field
-    holds all N words and a word matches only at its own position.
-
-    Parameters
-    ----------
-    words : (N,) or (M, N) int array from ``make_words``
-
-    Returns
-    -------
-    int64 array of the same shape (of Python ints when the values pass 64 bits, k > 35)
-    """
-    words = np.asarray(words, dtype=np.int64)
-    dtype = np.int64 if words.shape[-1] * 3 ** k < 2 ** 63 else object
-    return words.astype(dtype) + np.arange(words.shape[-1]).astype(dtype) * 3 ** k
-
 
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 

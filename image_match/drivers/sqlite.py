@@ -7,17 +7,18 @@ Layout (schema version 1, also in ``PRAGMA user_version``):
   a store with crop windows, ``windows``: the signatures of the image's central windows, packed
   one after the other (NULL for a record added without them; the column is absent from files
   made before crop windows existed, which cannot have them).
-- ``words``: the inverted index, one row ``(word, record)`` per word of each record (and of its
-  windows), where ``word`` is ``position * 3**k + value`` so that equal words at different
-  positions differ. It is a ``WITHOUT ROWID`` table keyed by ``(word, record)``: a query's words
-  are 63 range scans of a B-tree, never a scan of all rows.
+- ``words``: the inverted index, one row ``(word, record)`` per index term of each record (and of
+  its windows): the terms of the store's candidate scheme (``words.CandidateScheme.terms``,
+  image-match 1.x's words tagged with their position, ``position * 3**k + word``, in a store
+  without one recorded). It is a ``WITHOUT ROWID`` table keyed by ``(word, record)``: a query's
+  terms are as many range scans of a B-tree, never a scan of all rows.
 - ``meta``: the schema version and the store's parameters (see SignatureDatabaseBase).
 - ``not_duplicates``: pairs of ids marked "not duplicates" (``a < b``, and when), made by the
   first such mark (a file made before it existed has none until then).
 
 Several processes may read and write one file at a time: the file is in WAL mode (readers never
 wait for the writer), every write is one ``BEGIN IMMEDIATE`` transaction, and a writer waits up to
-``timeout`` seconds for another to finish instead of failing. A record and its words are written in
+``timeout`` seconds for another to finish instead of failing. A record and its terms are written in
 the same transaction, so a record is in the store whole or not at all.
 """
 
@@ -34,10 +35,9 @@ from datetime import datetime, timezone
 import numpy as np
 
 from ..errors import DatabaseError, InvalidParameterError
-from ..records import (Record, indexed_window_words, pack_signatures, pack_windows, packed_size,
+from ..records import (Record, indexed_window_terms, pack_signatures, pack_windows, packed_size,
                        unpack_signatures, unpack_windows)
 from ..signature_database_base import SignatureDatabaseBase, scored_candidates
-from ..words import make_words
 
 log = logging.getLogger(__name__)
 
@@ -279,10 +279,6 @@ class SignatureSQLite(SignatureDatabaseBase):
 
     # --- primitives -------------------------------------------------------------------------
 
-    def _word_keys(self, words):
-        """Position-tagged words: ``position * 3**k + word``, one integer per (position, word)."""
-        return words + np.arange(words.shape[-1], dtype=np.int64) * 3 ** self.k
-
     def _insert(self, records, refresh=False):
         outcomes = [None] * len(records)
         # One id twice in a batch: the last one wins, as it would one batch after another.
@@ -306,16 +302,16 @@ class SignatureSQLite(SignatureDatabaseBase):
                 rowid_of.update((record_id, rowid) for rowid, record_id in connection.execute(
                     f"SELECT rowid, id FROM records WHERE id IN ({_marks(chunk)})", chunk))
             rowids = np.array([rowid_of[r.id] for r in records], dtype=np.int64)
-            words, owners = _indexed_words([r.words for r in records],
-                                           [r.window_words if r.windows is not None else None
+            terms, owners = _indexed_terms([r.terms for r in records],
+                                           [r.window_terms if r.windows is not None else None
                                             for r in records],
                                            [r.windows for r in records], rowids)
-            _insert_words(connection, self._word_keys(words), owners)
+            _insert_terms(connection, terms, owners)
         return outcomes
 
     def _remove_words(self, connection, ids):
-        """Delete the word rows of the records with these ids (recomputed from their signatures:
-        the index is keyed by word, so this is a lookup per word, not a scan)."""
+        """Delete the index rows of the records with these ids (their terms recomputed from their
+        signatures: the index is keyed by term, so this is a lookup per term, not a scan)."""
         found = []
         columns = "rowid, signature" + (", windows" if self.crop_windows else ", NULL")
         for chunk in _chunks(ids, 500):
@@ -326,7 +322,7 @@ class SignatureSQLite(SignatureDatabaseBase):
         damaged = [rowid for rowid, signature, packed in found
                    if not self._whole(signature) or not self._whole_windows(packed)]
         for rowid in damaged:
-            # Its words cannot be recomputed from what it holds: a scan of the index finds them.
+            # Its terms cannot be recomputed from what it holds: a scan of the index finds them.
             connection.execute("DELETE FROM words WHERE record = ?", (rowid,))
         rowids = [rowid for rowid, _, _ in found]
         found = [row for row in found if row[0] not in damaged]
@@ -334,17 +330,16 @@ class SignatureSQLite(SignatureDatabaseBase):
             return rowids
         signatures = unpack_signatures([signature for _, signature, _ in found], self.gis.sig_length)
         windows = [unpack_windows(packed, self.gis.sig_length) for _, _, packed in found]
-        words, owners = _indexed_words(
-            make_words(signatures, self.k, self.N),
-            [None if w is None else make_words(w, self.k, self.N) for w in windows], windows,
+        terms, owners = _indexed_terms(
+            self.scheme.terms(signatures),
+            [None if w is None else self.scheme.terms(w) for w in windows], windows,
             np.array([rowid for rowid, _, _ in found], dtype=np.int64))
-        pairs = set(zip(self._word_keys(words).ravel().tolist(),
-                        np.repeat(owners, words.shape[1]).tolist()))
+        pairs = set(zip(terms.ravel().tolist(), np.repeat(owners, terms.shape[1]).tolist()))
         connection.executemany("DELETE FROM words WHERE word = ? AND record = ?", pairs)
         return rowids
 
-    def _candidates(self, words, size, pre_filter):
-        keys = self._word_keys(np.asarray(words, dtype=np.int64))
+    def _candidates(self, terms, size, pre_filter):
+        keys = np.asarray(terms)
         condition, parameters = _filter_sql(pre_filter)
         hits = []
         with self._reading() as connection:
@@ -362,7 +357,7 @@ class SignatureSQLite(SignatureDatabaseBase):
             return self._ranked(connection, hits)
 
     def _ranked(self, connection, hits):
-        """The candidate lists of ``hits`` (per query signature, ``[(rowid, shared words)]``, most
+        """The candidate lists of ``hits`` (per query signature, ``[(rowid, shared terms)]``, most
         shared first) as records (``scored_candidates``), each read once per search. A damaged
         record cannot be compared: it is left out, and logged."""
         fetched = {}
@@ -502,33 +497,33 @@ class SignatureSQLite(SignatureDatabaseBase):
                 "records": self.count(), "bytes": size}
 
 
-def _indexed_words(words, window_words, windows, rowids):
-    """``(words, owners)``: the (M', N) words to index for records (each record's own, then its
-    windows', ``indexed_window_words``) and the rowid of each row."""
-    rows, owners = [np.asarray(words)], [np.asarray(rowids)]
-    for own_words, window_signatures, rowid in zip(window_words, windows, rowids):
-        if own_words is None or window_signatures is None:
+def _indexed_terms(terms, window_terms, windows, rowids):
+    """``(terms, owners)``: the (M', T) terms to index for records (each record's own, then its
+    windows', ``indexed_window_terms``) and the rowid of each row."""
+    rows, owners = [np.asarray(terms)], [np.asarray(rowids)]
+    for own_terms, window_signatures, rowid in zip(window_terms, windows, rowids):
+        if own_terms is None or window_signatures is None:
             continue
-        rows.append(indexed_window_words(own_words, window_signatures))
+        rows.append(indexed_window_terms(own_terms, window_signatures))
         owners.append(np.full(len(rows[-1]), rowid, dtype=np.int64))
     return np.concatenate(rows), np.concatenate(owners)
 
 
-def _insert_words(connection, keys, rowids):
-    """Add the (word, record) rows of records: ``keys`` (M, N) word keys, ``rowids`` (M,) the
+def _insert_terms(connection, keys, rowids):
+    """Add the (word, record) rows of records: ``keys`` (M, T) terms, ``rowids`` (M,) the
     record of each row.
 
     In ascending key order, so that the B-tree takes them page by page, and through one
     statement that unpacks them from JSON inside SQLite: an order of magnitude fewer Python calls
-    than one executemany row per word.
+    than one executemany row per term.
     """
-    words = keys.ravel()
+    terms = keys.ravel()
     records = np.repeat(rowids, keys.shape[1])
-    if words.size and (words.max() >= 1 << 32 or records.max() >= 1 << 31):
-        pairs = sorted(zip(words.tolist(), records.tolist()))  # beyond the packed form's range
+    if terms.size and (terms.max() >= 1 << 32 or records.max() >= 1 << 31):
+        pairs = sorted(zip(terms.tolist(), records.tolist()))  # beyond the packed form's range
         connection.executemany("INSERT OR IGNORE INTO words (word, record) VALUES (?, ?)", pairs)
         return
-    packed = np.sort((words << 31) | records)
+    packed = np.sort((terms << 31) | records)
     connection.execute(
         "INSERT OR IGNORE INTO words (word, record) "
         "SELECT value >> 31, value & 2147483647 FROM json_each(?)", (json.dumps(packed.tolist()),))
