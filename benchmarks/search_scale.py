@@ -1,57 +1,62 @@
-"""Insert and search at scale: 10k, 100k and 1M records in SQLite and OpenSearch.
+"""Search at scale: does the index return every copy the exact distance would accept, among a
+million distinct pictures, and how fast?
 
-    python benchmarks/search_scale.py        # everything: about an hour on 2 cores, once the
-                                             # 1M signatures are cached (about 30 min more)
-    python benchmarks/search_scale.py --stores sqlite --sizes 10000 100000 \
-        --output benchmarks/results/search_scale_sqlite.txt
+    python benchmarks/search_scale.py            # 100k and 1M records: hours on 2 cores the
+                                                 # first time (the distractors are made and
+                                                 # cached), then about an hour
+    python benchmarks/search_scale.py --sizes 100000 --stores sqlite opensearch \
+        --output benchmarks/results/search_scale_100k.txt
 
-Options: ``--sizes`` (10k, 100k, 1M), ``--sqlite-sizes`` (10k, 100k), ``--stores``, ``--es-url``
-(an engine of one's own instead of starting one), ``--queries`` (200), ``--rounds`` (2),
-``--experiment-size`` (100k), ``--help`` for the rest.
+Options: ``--sizes``, ``--sqlite-sizes`` (SQLite runs at those of ``--sizes`` only: 100k),
+``--stores``, ``--es-url`` (an engine of one's own instead of starting one), ``--heap``,
+``--sweep-size`` (100k: where the candidate schemes and sizes are compared), ``--windows-size``
+(100k: a store with crop windows), ``--rounds``, ``--help`` for the rest.
 
-Records are the dev corpus's real signatures plus distinct ones made from random windows (10-35%
-of the area, random place, aspect and flip, at one or half scale) of its photos, kept only when
-they are not near-duplicates of their photo (distance at least 0.5): pictures of their own with
-the word statistics of real photos. They are generated in chunks of 10,000 over ``--workers``
-processes, each chunk from its own seed (``seed``, chunk), and cached; so a size's records are
-always the same and the smaller sizes are prefixes of the larger ones. Queries are transformed
-copies (halved, cropped by 5% a side, or recompressed at quality 50) of the first ``--queries``
-photos of the corpus, each of which is in the store.
+Records. Record i < 244 is photo i of the dev corpus; the others are distractors: collages of
+pieces of the corpus's photos with colour and scale changes (``distractors.py``), distinct
+pictures whose distances to the queries and to each other are printed beside the corpus's own
+unrelated pairs (the "distractors" table), so that a set easier or harder than real photos shows.
 
-Per store and size, measured in this run:
+Queries. Each corpus photo is copied the ways of ``QUERIES`` (the three copies of earlier runs,
+mirror images searched with all orientations, central crops keeping 81% and 64% of the area,
+turns by 10 degrees keeping the size or growing the canvas, and the copies the robust options'
+parts are for: bars and borders, insets, corner crops), and searched as a user would: the
+store's own search options plus the row's (``SignatureDatabaseBase.query_options``). The rows
+and margins of each search are made once and cached (``query_signatures`` is the slow part).
 
-- insert records/s: bulk ``add_signatures`` of precomputed signatures into an empty store, in the
-  batch size that was fastest in a trial (the insert table shows the trial);
-- search latency: ``search_signature`` one query at a time, p50/p95/p99 over every query and
-  ``--rounds`` passes (after a warm-up pass), and batched: ``search_signatures``'s path with 50
-  queries in one call (one ``msearch``), per query;
-- candidate recall: (a) the fraction of all brute-force matches under the cutoff (0.45, and 0.40)
-  that the search returns, (b) the fraction of the planted copies (each query's own original,
-  when it is under the cutoff) that it returns;
-- bytes per record on disk: SQLite's file after a WAL checkpoint; OpenSearch's primary store
-  after a refresh and a force-merge to one segment (both layouts alike).
+What is measured, per store and size, through the store's public API only (``add_signatures``,
+``query_signer`` and ``search_queries``: ``search_image`` in its two halves, the signing done
+once beforehand; ``describe``; the engine's own API for a force-merge):
 
-For OpenSearch, image-match 1.x's way is measured beside ours in the same run: an index made by
-dynamic mapping (1 shard, 0 replicas, as ours on one node) of documents shaped as 1.x wrote them
-(``path``, ``signature`` as a list of ints, ``simple_word_0..62``, ``timestamp``), inserted with
-one ``index`` call per image for its insert rate (on a sample of ``--legacy-sample`` records; the
-rest is bulk-loaded so that the search runs at the same N), and searched as 1.x did: a bool
-``should`` of 63 term queries, size 100, exact distances over the returned signatures.
+- candidate recall per kind of copy: of the copies whose own record is under the store's cutoff
+  by brute force (the distance the search itself computes, ``record_distances``, windows and
+  margins included), the share the search returns: on the tuning share of the corpus (what the
+  scheme's parameters were chosen on) and on the held-out share (``common.split_held_out``);
+- latency of one search at a time from the client, p50/p99 over every search of a kind (after a
+  warm-up pass), ``--rounds`` passes: "default" (the store's default search of a plain copy),
+  "orientations", "robust";
+- insert rate: ``add_signatures`` of precomputed signatures in bulk, including the final refresh;
+- bytes per record and per indexed signature (a record's own and its crop windows'): SQLite's
+  file after the store is closed (WAL checkpointed), OpenSearch's store after a force-merge to
+  one segment.
 
-Also measured: the candidate ``size`` (100, 300, 1000; and OpenSearch with
-``minimum_should_match`` 2) at ``--experiment-size`` records and at the largest size, the word
-length (k=10, 12 beside 16, N=63) at ``--experiment-size``, and prototypes of driver changes
-(benchmark-only subclasses, not the drivers): for SQLite a 1 GiB page cache, size-tiered word
-segments, a sorted one-transaction load, and searches that skip words held by more than 1% of
-the records; for OpenSearch, bulk-load index settings and engine-made ids. Without ``--es-url``
-an OpenSearch node is started with ``image_match.local_engine`` (``--heap``, 3 GB by default).
-The tables are printed and written to ``--output`` (``benchmarks/results/search_scale.txt``).
+image-match 1.x's way is measured beside ours on OpenSearch: its documents (``path``,
+``signature`` as a list of ints, ``simple_word_0..62``) under a dynamic mapping, one ``index``
+call per image for its insert rate (``--legacy-sample`` records; the rest bulk-loaded), its
+search (a bool ``should`` of 63 term queries, size 100) for the copies 1.x could search for (a
+plain query, or its 8 orientations).
+
+The sweep (``--sweep-size``) compares candidate schemes (1.x's words, bands of several shapes)
+and candidate sizes on both stores, on the tuning share: the numbers that chose
+``words.DEFAULT_BANDS`` and the store's ``size``.
+
+Run the heavy sizes under ``flock /work/notes/bench.lock`` on a shared machine; the machine's load
+is printed at the start, while searching and at the end.
 """
 
 import argparse
+import hashlib
 import io
-import json
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -69,515 +74,333 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common import CACHE, corpus_paths, machine_line, print_table  # noqa: E402
-from image_match.drivers.sqlite import SignatureSQLite  # noqa: E402
-from image_match.goldberg import ImageSignature, normalized_distance  # noqa: E402
-from image_match.loading import load_grey  # noqa: E402
-from image_match.records import pack_signatures  # noqa: E402
+import transforms  # noqa: E402
+from common import CACHE, corpus_paths, is_held_out, machine_line, print_table  # noqa: E402
+from distractors import collage_signatures  # noqa: E402
+from image_match.drivers import open_database  # noqa: E402
+from image_match.goldberg import (CROP_WINDOW_AREAS, ImageSignature, distance_matrix,  # noqa: E402
+                                  is_featureless)
+from image_match.records import Record  # noqa: E402
+from image_match.signature_database_base import record_distances  # noqa: E402
 from image_match.words import make_words, word_field_names  # noqa: E402
 
-CUTOFF = 0.45
-LOW_CUTOFF = 0.40
-CHUNK = 10_000
-BATCH_QUERIES = 50
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def load():
-    """The 1-minute load average, for the notes (other work on the machine skews latencies)."""
-    return os.getloadavg()[0]
+#: 1.x's cutoff, for the distractor check beside the store's.
+CUTOFF_1X = 0.45
 
 
 def log(*parts):
-    print(f"[{time.strftime('%H:%M:%S')} load {load():.1f}]", *parts, file=sys.stderr, flush=True)
+    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}]", *parts, file=sys.stderr,
+          flush=True)
 
 
-# --- the records and the queries --------------------------------------------------------------
+# --- the queries ------------------------------------------------------------------------------
 
-_GREYS = _ORIGINALS = None
-
-
-def _corpus():
-    """The corpus's decoded grey images and their signatures (once per process)."""
-    global _GREYS, _ORIGINALS
-    if _GREYS is None:
-        _, paths = corpus_paths()
-        generator = ImageSignature()
-        _GREYS = [load_grey(p) for p in paths]
-        _ORIGINALS = np.array([generator.signature_of_grey(g) for g in _GREYS], dtype=np.int8)
-    return _GREYS, _ORIGINALS
-
-
-def _chunk_path(seed, chunk):
-    return CACHE / f"scale-windows-{seed}-{chunk}-{CHUNK}.npy"
-
-
-def _window_chunk(job):
-    """``CHUNK`` window signatures from the random stream (seed, chunk), saved to the cache."""
-    seed, chunk = job
-    path = _chunk_path(seed, chunk)
-    if path.exists():
-        return chunk
-    greys, originals = _corpus()
-    generator = ImageSignature()
-    rng = np.random.default_rng([seed, chunk])
-    signatures = []
-    while len(signatures) < CHUNK:
-        source = int(rng.integers(len(greys)))
-        grey = greys[source]
-        h, w = grey.shape
-        area = rng.uniform(0.10, 0.35)
-        aspect = rng.uniform(0.6, 1.6)
-        ch = min(h, max(16, int(h * np.sqrt(area * aspect))))
-        cw = min(w, max(16, int(w * np.sqrt(area / aspect))))
-        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        window = grey[top:top + ch, left:left + cw]
-        if rng.random() < 0.5:
-            window = window[:, ::-1]
-        step = int(rng.integers(1, 3))
-        signature = generator.signature_of_grey(np.ascontiguousarray(window[::step, ::step]))
-        if normalized_distance(signature, originals[source]) >= 0.5:
-            signatures.append(signature)
-    temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(temporary, np.array(signatures, dtype=np.int8))
-    os.replace(temporary, path)
-    return chunk
+#: (name, copy of a PIL image given a seeded generator and an unrelated photo, search options).
+#: Copies that are images are sent as JPEG quality 85.
+QUERIES = [
+    ("halved", lambda image, rng, other: transforms.resize(image, 0.5), {}),
+    ("crop 81% (5% a side)", lambda image, rng, other: transforms.central_crop(image, 0.81), {}),
+    ("jpeg q50", lambda image, rng, other: transforms.jpeg(image, 50), {}),
+    ("mirror", lambda image, rng, other: transforms.flip_horizontal(image), {}),
+    ("crop 64%", lambda image, rng, other: transforms.central_crop(image, 0.64), {}),
+    ("rotate 10", lambda image, rng, other: transforms.rotate(image, 10), {"robust": True}),
+    ("rotate 10, grown canvas", lambda image, rng, other: transforms.rotate(image, 10, expand=True),
+     {"robust": True}),
+    ("letterbox", lambda image, rng, other: transforms.letterbox(image), {"robust": True}),
+    ("caption bars", lambda image, rng, other: transforms.caption(image, rng), {"robust": True}),
+    ("border", lambda image, rng, other: transforms.border(image, rng), {"robust": True}),
+    ("inset 60%", lambda image, rng, other: transforms.inset(image, other, rng),
+     {"robust": True}),
+    ("corner crop 80%", lambda image, rng, other: transforms.corner_crop(
+        image, 0.8, transforms.CORNERS[rng.integers(4)]), {"robust": True}),
+]
 
 
-def corpus_signatures(count, seed=0, workers=2):
-    """``count`` realistic, distinct signatures: the corpus's own (record i is photo i), then
-    windows of its photos (see the module's docstring). Deterministic for a seed; a smaller count
-    is a prefix of a larger one. Generated over ``workers`` processes and cached on disk."""
-    _, originals = _corpus()
-    chunks = max(0, -(-(count - len(originals)) // CHUNK))
-    missing = [(seed, c) for c in range(chunks) if not _chunk_path(seed, c).exists()]
-    if missing:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        # fork: the workers inherit the decoded corpus instead of decoding it again.
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for done, _ in enumerate(pool.imap_unordered(_window_chunk, missing), 1):
-                log(f"signatures: chunk {done}/{len(missing)} "
-                    f"({time.perf_counter() - started:.0f} s)")
-    parts = [originals] + [np.load(_chunk_path(seed, c)) for c in range(chunks)]
-    return np.concatenate(parts)[:count]
+def search_kind(options):
+    return ("robust" if options.get("robust") else
+            "orientations" if options.get("all_orientations") else "default")
 
 
-def query_signatures(limit):
-    """Signatures of transformed copies of corpus photos (the first ``limit`` photos): query i is
-    a copy of record i."""
-    _, paths = corpus_paths()
-    generator = ImageSignature()
-    queries = []
-    for index, path in enumerate(paths[:limit]):
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-        w, h = rgb.size
-        variant = index % 3
-        if variant == 0:
-            copy = rgb.resize((w // 2, h // 2), Image.LANCZOS)
-        elif variant == 1:
-            copy = rgb.crop((w // 20, h // 20, w - w // 20, h - h // 20))
+def _encoded(result):
+    return result if isinstance(result, bytes) else transforms.jpeg(result, 85)
+
+
+def _code_fingerprint():
+    """What the cached query rows depend on: the signing code."""
+    import image_match.goldberg
+    import image_match.loading
+
+    digest = hashlib.blake2b(digest_size=8)
+    for module in (image_match.goldberg, image_match.loading, transforms):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def query_rows(store, paths):
+    """Per QUERIES row, per photo, ``(rows, margins)`` of the search the store makes for the copy
+    (its ``query_signer`` with the row's options): cached by the signing code and options."""
+    fingerprint = _code_fingerprint()
+    queries = {}
+    for name, make, options in QUERIES:
+        search_options = store.query_options(**options)
+        signer = store.query_signer(**options)
+        key = hashlib.blake2b(repr((name, sorted(search_options.items()), fingerprint,
+                                    store.orientation_margin, [p.name for p in paths])).encode(),
+                              digest_size=8).hexdigest()
+        cached = CACHE / f"scale-queries-{key}.npz"
+        if cached.exists():
+            with np.load(cached) as data:
+                rows = np.split(data["rows"], data["bounds"])
+                margins = np.split(data["margins"], data["bounds"])
         else:
-            copy = rgb
-        buffer = io.BytesIO()
-        copy.save(buffer, "JPEG", quality=50 if variant == 2 else 85)
-        queries.append(generator.generate_signature(buffer.getvalue()))
-    return np.array(queries, dtype=np.int8)
-
-
-def brute_force_matches(records, queries, cutoffs=(CUTOFF, LOW_CUTOFF), chunk=100_000):
-    """Per cutoff, per query, the set of record indices closer than the cutoff (exact).
-
-    Chunked over the records; the squared distances come from one float32 matrix product per
-    chunk (exact for these small integers), and every pair near or under the largest cutoff is
-    confirmed with ``normalized_distance`` itself."""
-    top = max(cutoffs)
-    q = queries.astype(np.float32)
-    q_norms = np.sqrt((q * q).sum(axis=1))
-    close = [dict() for _ in queries]  # record index -> exact distance
-    for start in range(0, len(records), chunk):
-        block = records[start:start + chunk].astype(np.float32)
-        norms = np.sqrt((block * block).sum(axis=1))
-        squared = norms[:, None] ** 2 + q_norms[None, :] ** 2 - 2 * (block @ q.T)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            approximate = np.sqrt(np.maximum(squared, 0)) / (norms[:, None] + q_norms[None, :])
-        rows, columns = np.nonzero(approximate < top + 1e-3)
-        for column in np.unique(columns):
-            members = rows[columns == column]
-            exact = normalized_distance(records[start + members], queries[column])
-            for member, distance in zip(members.tolist(), np.atleast_1d(exact).tolist()):
-                if distance < top:
-                    close[column][start + member] = distance
-    return {cutoff: [{i for i, d in c.items() if d < cutoff} for c in close] for cutoff in cutoffs}
-
-
-class Truth:
-    """What a search should find: brute-force matches at both cutoffs, and the planted copies."""
-
-    def __init__(self, records, queries):
-        self.matches = brute_force_matches(records, queries)
-        planted = normalized_distance(records[:len(queries)], queries) if len(queries) else []
-        # Query i is a copy of record i; it counts when the copy is under the cutoff.
-        self.planted = [i for i, d in enumerate(np.atleast_1d(planted)) if d < CUTOFF]
-
-    def recall(self, found):
-        """``(a at 0.45, a at 0.40, b)`` for the found record indices per query."""
-        figures = []
-        for cutoff in (CUTOFF, LOW_CUTOFF):
-            wanted = self.matches[cutoff]
-            total = sum(len(w) for w in wanted)
-            figures.append(sum(len(w & f) for w, f in zip(wanted, found)) / total if total else 1.0)
-        figures.append(sum(i in found[i] for i in self.planted) / max(1, len(self.planted)))
-        return figures
-
-    def describe(self):
-        per_query = [len(m) for m in self.matches[CUTOFF]]
-        low = [len(m) for m in self.matches[LOW_CUTOFF]]
-        return (f"{np.mean(per_query):.1f} brute-force matches per query under {CUTOFF} "
-                f"(median {np.median(per_query):.0f}), {np.mean(low):.1f} under {LOW_CUTOFF}; "
-                f"{len(self.planted)} planted copies under {CUTOFF}")
-
-
-# --- measuring searches -----------------------------------------------------------------------
-
-def ms(values, q):
-    return float(np.percentile(values, q)) * 1000
-
-
-def record_number(path):
-    return int(path[1:])  # records are stored with the path "r<index>"
-
-
-def measure_search(search_one, search_batch, queries, rounds):
-    """Latency of one query at a time (p50/p95/p99 over ``rounds`` passes after a warm-up) and
-    per query in batches; the record indices found per query (from the first timed pass)."""
-    for query in queries[:20]:
-        search_one(query)
-    latencies, found = [], None
-    for _ in range(rounds):
-        this_pass = []
-        for query in queries:
             started = time.perf_counter()
-            results = search_one(query)
-            latencies.append(time.perf_counter() - started)
-            this_pass.append({record_number(r["path"]) for r in results})
-        found = found or this_pass
-    batched = []
-    if search_batch is not None:
-        for _ in range(rounds):
-            for start in range(0, len(queries), BATCH_QUERIES):
-                block = queries[start:start + BATCH_QUERIES]
-                started = time.perf_counter()
-                search_batch(block)
-                batched.append((time.perf_counter() - started) / len(block))
-    return {"p50": ms(latencies, 50), "p95": ms(latencies, 95), "p99": ms(latencies, 99),
-            "batched": statistics.median(batched) * 1000 if batched else None, "found": found}
+            rows, margins = [], []
+            for index, path in enumerate(paths):
+                with Image.open(path) as opened:
+                    image = opened.convert("RGB")
+                with Image.open(paths[(index + 1) % len(paths)]) as opened:
+                    other = opened.convert("RGB")
+                copy = _encoded(make(image, np.random.default_rng(index), other))
+                signatures, row_margins = signer(copy)
+                rows.append(signatures)
+                margins.append(row_margins)
+            bounds = np.cumsum([len(r) for r in rows])[:-1]
+            CACHE.mkdir(parents=True, exist_ok=True)
+            np.savez(cached, rows=np.concatenate(rows), margins=np.concatenate(margins),
+                     bounds=bounds)
+            log(f"queries {name}: signed in {time.perf_counter() - started:.0f} s")
+        queries[name] = list(zip(rows, margins))
+    return queries
 
 
-def our_searches(store, size):
-    def one(query):
-        return store.search_signature(query, size=size)
+# --- the records --------------------------------------------------------------------------------
 
-    def batch(block):
-        return store._search_signatures([q[None] for q in block], None, size, None)
+class Records:
+    """The records of a run: the corpus's photos (record i is photo i) and then the collages, each
+    with its crop windows' signatures (for stores that keep them)."""
 
-    return one, batch
+    def __init__(self, paths, count, workers):
+        generator = ImageSignature(draft=True)
+        self.paths = paths
+        self.photos = np.stack([generator.record_signatures(str(p), areas=CROP_WINDOW_AREAS)
+                                for p in paths])
+        self.collages = collage_signatures(paths, max(0, count - len(paths)), CACHE,
+                                           areas=CROP_WINDOW_AREAS, workers=workers, log=log)
+
+    def signed(self, start, stop):
+        """(stop - start, 1 + W, L) for records start..stop."""
+        parts = []
+        if start < len(self.photos):
+            parts.append(self.photos[start:min(stop, len(self.photos))])
+        if stop > len(self.photos):
+            parts.append(np.asarray(self.collages[max(0, start - len(self.photos)):
+                                                  stop - len(self.photos)]))
+        return np.concatenate(parts)
+
+    def items(self, start, stop, windows):
+        signed = self.signed(start, stop)
+        if windows:
+            return [{"path": f"r{start + i}", "id": f"r{start + i}", "signature": s[0],
+                     "windows": s[1:]} for i, s in enumerate(signed)]
+        return [{"path": f"r{start + i}", "id": f"r{start + i}", "signature": s[0]}
+                for i, s in enumerate(signed)]
+
+    def indexed(self, count, windows):
+        """How many signatures a store of ``count`` records indexes (featureless windows are
+        not indexed)."""
+        if not windows:
+            return count
+        total = 0
+        for start in range(0, count, 100_000):
+            signed = self.signed(start, min(count, start + 100_000))
+            total += len(signed) + int((~is_featureless(signed[:, 1:])).sum())
+        return total
 
 
-def items(records, start, stop):
-    return [{"path": f"r{i}", "signature": records[i]} for i in range(start, stop)]
+def planted(records, queries, cutoff, windows):
+    """Per QUERIES row, the photos whose copy's search has the photo's record under the cutoff
+    (brute force over the record's own signature and, with windows, its windows')."""
+    found = {}
+    for name, searches in queries.items():
+        keep = []
+        for index, (rows, margins) in enumerate(searches):
+            signed = records.photos[index]
+            record = Record(id=str(index), path=str(index), signature=signed[0],
+                            windows=signed[1:] if windows else None)
+            if record_distances(rows, [record], margins)[0] < cutoff:
+                keep.append(index)
+        found[name] = keep
+    return found
 
 
-def insert_all(store, records, batch_size, threads=1):
-    """Bulk insert every record, ``threads`` batches in flight; seconds taken (with refresh)."""
-    batches = [(s, min(s + batch_size, len(records))) for s in range(0, len(records), batch_size)]
+# --- the distractor check ---------------------------------------------------------------------
+
+def distance_check(records, queries, cutoff, sample=100_000):
+    """Rows of the "distractors" table: the distances of unrelated pairs in the corpus, of the
+    queries' own signatures to the distractors, and of distractors to each other."""
+    rng = np.random.default_rng(0)
+    photos = records.photos[:, 0]
+    pairs = distance_matrix(photos, photos)[np.triu_indices(len(photos), 1)]
+    collages = np.asarray(records.collages[:sample, 0])
+    plain = np.stack([rows[0] for searches in queries.values() for rows, _ in searches])
+    to_queries = np.concatenate([distance_matrix(plain[i:i + 200], collages).ravel()
+                                 for i in range(0, len(plain), 200)])
+    a, b = rng.integers(len(collages), size=(2, 2_000_000))
+    different = a != b
+    among = np.concatenate([
+        distance_matrix(collages[a[i:i + 1000]], collages[b[i:i + 1000]]).diagonal()
+        for i in range(0, 200_000, 1000)])[different[:200_000]]
+
+    def row(label, distances, per_query_of):
+        under = [(distances < c).mean() for c in (0.5, CUTOFF_1X, cutoff)]
+        return (label, f"{len(distances):,}",
+                *(f"{np.percentile(distances, q):.3f}" for q in (0.1, 1, 5, 50)),
+                *(f"{u:.1e}" for u in under),
+                f"{under[2] * per_query_of:.2f}", f"{under[1] * per_query_of:.1f}")
+
+    total = len(records.collages)
+    return [row("corpus photo pairs (unrelated)", pairs, total),
+            row("query copies to distractors", to_queries, total),
+            row("distractor pairs", among, total)]
+
+
+# --- stores -----------------------------------------------------------------------------------
+
+def insert_all(store, records, count, windows, batch_size, threads):
+    """Bulk ``add_signatures`` of records 0..count, ``threads`` batches in flight; seconds, with
+    the final refresh."""
+    batches = [(s, min(s + batch_size, count)) for s in range(0, count, batch_size)]
     failures = []
 
     def work(assigned):
         for start, stop in assigned:
-            results = store.add_signatures(items(records, start, stop))
+            results = store.add_signatures(records.items(start, stop, windows))
             failures.extend(r for r in results if not isinstance(r, str))
 
     started = time.perf_counter()
-    if threads == 1:
-        work(batches)
-    else:
-        workers = [threading.Thread(target=work, args=(batches[i::threads],))
-                   for i in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+    workers = [threading.Thread(target=work, args=(batches[i::threads],)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     store.refresh()
     seconds = time.perf_counter() - started
-    assert not failures, failures[:3]
+    if failures:
+        raise SystemExit(f"insert failed: {failures[:3]}")
     return seconds
 
 
-# --- SQLite -----------------------------------------------------------------------------------
+def measure_searches(store, queries, rounds, size=None, names=None):
+    """Per QUERIES row, the record numbers each search returned (first timed pass), and the
+    latencies (seconds) of every search per kind, over ``rounds`` passes after a warm-up."""
+    names = names or list(queries)
+    options = {name: opts for name, _, opts in QUERIES}
+    for name in names[:3]:
+        for query in queries[name][:20]:
+            store.search_queries([query], size=size)
+    found, latencies = {}, {}
+    for round_ in range(rounds):
+        for name in names:
+            kind = search_kind(options[name])
+            per_photo = []
+            for query in queries[name]:
+                started = time.perf_counter()
+                [results] = store.search_queries([query], size=size)
+                latencies.setdefault(kind, []).append(time.perf_counter() - started)
+                per_photo.append({int(r["path"][1:]) for r in results})
+            if round_ == 0:
+                found[name] = per_photo
+    return found, latencies
 
-def sqlite_bytes(store):
-    connection = store._connect()
-    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return store.describe()["bytes"]
+
+def recall_rows(label, found, truth, held_out, names=None):
+    """Per QUERIES row: (label, kind, planted, found share on the tuning share, on the held-out
+    share)."""
+    rows = []
+    for name in names or list(truth):
+        wanted = truth[name]
+        tuning = [i for i in wanted if not held_out[i]]
+        kept = [i for i in wanted if held_out[i]]
+        rows.append((label, name, len(tuning), share(found[name], tuning),
+                     len(kept), share(found[name], kept)))
+    return rows
+
+
+def share(found, wanted):
+    return sum(i in found[i] for i in wanted) / len(wanted) if wanted else None
+
+
+def fmt_share(value):
+    return "—" if value is None else f"{value:.1%}"
+
+
+def overall(found, truth, held_out, which):
+    """The share of every planted copy found, on the tuning (``which`` False) or held-out share."""
+    wanted = [(name, i) for name in truth for i in truth[name] if held_out[i] == which]
+    return sum(i in found[name][i] for name, i in wanted) / len(wanted) if wanted else None
+
+
+def worst(found, truth, held_out):
+    """(kind of copy, share) of the lowest recall over both shares."""
+    shares = [(share(found[name], truth[name]), name) for name in truth if truth[name]]
+    value, name = min(shares)
+    return name, value
+
+
+def ms(values, q):
+    return f"{np.percentile(values, q) * 1000:.1f}" if values else "—"
 
 
 class SQLiteRun:
     def __init__(self, folder):
         self.folder = folder
 
-    def open(self, cls=SignatureSQLite, **kwargs):
-        return cls(os.path.join(self.folder, f"scale-{uuid.uuid4().hex[:8]}.db"), **kwargs)
+    def open(self, **options):
+        return open_database(f"sqlite:///{os.path.join(self.folder, uuid.uuid4().hex[:8])}.db",
+                             **options)
 
-    def load(self, records, batch_sizes, cls=SignatureSQLite, **kwargs):
-        """A store per batch size (from empty), keep the fastest: (store, rate, batch, trials)."""
-        best, trials = None, []
-        for batch_size in batch_sizes:
-            store = self.open(cls, **kwargs)
-            seconds = insert_all(store, records, batch_size)
-            rate = len(records) / seconds
-            trials.append((batch_size, rate))
-            log(f"  {cls.__name__} {kwargs or ''} batch {batch_size}: {rate:,.0f} records/s")
-            if best is None or rate > best[1]:
-                if best is not None:
-                    self.remove(best[0])
-                best = (store, rate, batch_size)
-            else:
-                self.remove(store)
-        return best + (trials,)
+    @staticmethod
+    def bytes(store):
+        store.close()  # the last connection's close checkpoints the WAL into the file
+        return store.describe()["bytes"]
 
     @staticmethod
     def remove(store):
+        store.drop()
         store.close()
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(store.path + suffix):
                 os.remove(store.path + suffix)
 
 
-# Prototypes of other word layouts, in the benchmark only: how fast could SQLite insert be?
-
-class SQLiteBigCache(SignatureSQLite):
-    """The driver as it is, with a 1 GiB page cache instead of 64 MiB."""
-
-    def _connect(self):
-        fresh = self._connection is None or self._pid != os.getpid()
-        connection = super()._connect()
-        if fresh:
-            connection.execute("PRAGMA cache_size=-1048576")
-        return connection
-
-
-class SQLiteSegments(SignatureSQLite):
-    """Words in segments: each insert batch goes to a small "fresh" words table (cheap appends
-    to a small B-tree); when the fresh table holds ``FRESH_RECORDS`` records it is merged into
-    tiered segment tables (size-tiered, like an LSM tree: a tier merges into the next when it
-    holds ``FANOUT`` segments), each segment built once, in key order, by ``INSERT ... SELECT
-    ... ORDER BY`` into an empty table (sequential appends). A query reads every segment (one
-    UNION ALL); deletes are not prototyped."""
-
-    FRESH_RECORDS = 20_000
-    FANOUT = 4
-
-    def _create(self, config):
-        super()._create(config)
-        with self._writing() as connection:
-            connection.execute("CREATE TABLE segments (name TEXT PRIMARY KEY, tier INTEGER, "
-                               "records INTEGER)")
-            connection.execute("INSERT INTO segments VALUES ('words', -1, 0)")
-
-    def _connect(self):
-        fresh = self._connection is None or self._pid != os.getpid()
-        connection = super()._connect()
-        if fresh:
-            connection.execute("PRAGMA cache_size=-262144")  # 256 MiB
-        return connection
-
-    def _insert(self, records, refresh=False):
-        outcomes = super()._insert(records, refresh)  # the records, and their words into "words"
-        with self._writing() as connection:
-            connection.execute("UPDATE segments SET records = records + ? WHERE name = 'words'",
-                               (len(records),))
-            (fresh,) = connection.execute(
-                "SELECT records FROM segments WHERE name = 'words'").fetchone()
-            if fresh >= self.FRESH_RECORDS:
-                self._flush(connection, fresh)
-        return outcomes
-
-    def _flush(self, connection, fresh):
-        tables = {name: (tier, count) for name, tier, count in
-                  connection.execute("SELECT name, tier, records FROM segments WHERE tier >= 0")}
-        sources, tier, count = ["words"], 0, fresh
-        while True:
-            same = [name for name, (t, _) in tables.items() if t == tier]
-            if len(same) + 1 < self.FANOUT:
-                break
-            sources += same
-            count += sum(tables[name][1] for name in same)
-            for name in same:
-                del tables[name]
-            tier += 1
-        name = f"segment_{uuid.uuid4().hex[:8]}"
-        connection.execute(f"CREATE TABLE {name} (word INTEGER NOT NULL, record INTEGER NOT NULL, "
-                           f"PRIMARY KEY (word, record)) WITHOUT ROWID")
-        union = " UNION ALL ".join(f"SELECT word, record FROM {s}" for s in sources)
-        connection.execute(f"INSERT INTO {name} SELECT word, record FROM ({union}) "
-                           f"ORDER BY word, record")
-        for source in sources:
-            if source == "words":
-                connection.execute("DELETE FROM words")
-            else:
-                connection.execute(f"DROP TABLE {source}")
-                connection.execute("DELETE FROM segments WHERE name = ?", (source,))
-        connection.execute("UPDATE segments SET records = 0 WHERE name = 'words'")
-        connection.execute("INSERT INTO segments VALUES (?, ?, ?)", (name, tier, count))
-
-    def _candidates(self, words, size, pre_filter):
-        assert not pre_filter
-        keys = self._word_keys(np.asarray(words, dtype=np.int64))
-        hits = []
-        with self._reading() as connection:
-            tables = [row[0] for row in connection.execute("SELECT name FROM segments")]
-            for row_keys in keys.tolist():
-                marks = ", ".join("?" * len(row_keys))
-                union = " UNION ALL ".join(f"SELECT record FROM {t} WHERE word IN ({marks})"
-                                           for t in tables)
-                hits.append(connection.execute(
-                    f"SELECT record, COUNT(*) AS shared FROM ({union}) GROUP BY record "
-                    f"ORDER BY shared DESC LIMIT ?", [*row_keys * len(tables), size]).fetchall())
-            return self._ranked(connection, hits)
-
-
-class SQLiteSkipCommon(SignatureSQLite):
-    """A search-side prototype: a query ignores its words held by more than ``MAX_FRACTION`` of
-    the records (stop words: they rank little and cost most of the GROUP BY), found with one
-    streaming count per query on the (word, record) index."""
-
-    MAX_FRACTION = 0.01
-
-    def _candidates(self, words, size, pre_filter):
-        assert not pre_filter
-        keys = self._word_keys(np.asarray(words, dtype=np.int64))
-        hits = []
-        with self._reading() as connection:
-            (total,) = connection.execute("SELECT count(*) FROM records").fetchone()
-            for row_keys in keys.tolist():
-                marks = ", ".join("?" * len(row_keys))
-                counts = dict(connection.execute(
-                    f"SELECT word, COUNT(*) FROM words WHERE word IN ({marks}) GROUP BY word",
-                    row_keys).fetchall())
-                rare = [k for k in row_keys if counts.get(k, 0) <= self.MAX_FRACTION * total]
-                rare = rare or row_keys
-                hits.append(connection.execute(
-                    f"SELECT record, COUNT(*) AS shared FROM words WHERE word IN "
-                    f"({', '.join('?' * len(rare))}) GROUP BY record ORDER BY shared DESC LIMIT ?",
-                    [*rare, size]).fetchall())
-            return self._ranked(connection, hits)
-
-
-class SQLiteSortedLoad(SignatureSQLite):
-    """An initial bulk load's best case: the words of all records inserted in one transaction,
-    sorted (an empty store filled at once, as ``import`` of a whole file could). Only the
-    records table is written per batch; the words are written once, at refresh()."""
-
-    def _insert(self, records, refresh=False):
-        pending = getattr(self, "_pending", [])
-        self._pending = pending
-        packed = pack_signatures(np.stack([r.signature for r in records]))
-        rows = [(r.id, r.path, s.tobytes(), None, r.timestamp.timestamp())
-                for r, s in zip(records, packed)]
-        with self._writing() as connection:
-            connection.executemany("INSERT INTO records (id, path, signature, metadata, timestamp) "
-                                   "VALUES (?, ?, ?, ?, ?)", rows)
-            (last,) = connection.execute("SELECT max(rowid) FROM records").fetchone()
-        rowids = np.arange(last - len(records) + 1, last + 1, dtype=np.int64)
-        pending.append((self._word_keys(np.stack([r.words for r in records])), rowids))
-        return [None] * len(records)
-
-    def refresh(self):
-        pending = getattr(self, "_pending", [])
-        if not pending:
-            return
-        keys = np.concatenate([k for k, _ in pending])
-        rowids = np.concatenate([r for _, r in pending])
-        # All the (word, record) rows in key order: the B-tree is built by appends.
-        packed = np.sort((keys.ravel() << 31) | np.repeat(rowids, keys.shape[1]))
-        with self._writing() as connection:
-            for start in range(0, len(packed), 1_000_000):
-                connection.execute(
-                    "INSERT INTO words (word, record) SELECT value >> 31, value & 2147483647 "
-                    "FROM json_each(?)", (json.dumps(packed[start:start + 1_000_000].tolist()),))
-        self._pending = []
-
-
-# --- OpenSearch -------------------------------------------------------------------------------
-
-def _prototype_classes():
-    """Benchmark-only variants of the driver, to measure what a change would buy."""
-    from image_match.drivers.elasticsearch import SignatureES
-
-    class BulkSettings(SignatureES):
-        """During the load: refresh_interval -1 and translog durability async (restored after,
-        as a ``bulk_loading()`` context of the driver could do)."""
-
-        def prepare(self):
-            self.es.indices.put_settings(index=self.index, body={"index": {
-                "refresh_interval": "-1", "translog.durability": "async"}})
-
-        def finish(self):
-            self.es.indices.put_settings(index=self.index, body={"index": {
-                "refresh_interval": None, "translog.durability": "request"}})
-
-    class AutoIds(SignatureES):
-        """No ``_id`` in the bulk actions (the engine makes one and skips the id lookup): not a
-        possible change (records are addressed by id), only the cost of explicit ids."""
-
-        def _insert(self, records, refresh=False):
-            operations = []
-            for document in self._documents(records):
-                operations.append({"index": {"_index": self.index}})
-                operations.append(document)
-            self._client.bulk(operations, refresh=refresh)
-            return [None] * len(records)
-
-    return [BulkSettings, AutoIds]
-
-
 class OpenSearchRun:
     def __init__(self, url):
-        from image_match.drivers.elasticsearch import open_search_engine
-
         self.url = url
-        self.open_search_engine = open_search_engine
-        self.names = []
 
-    def open(self, name, cls=None, **kwargs):
-        store = self.open_search_engine(f"{self.url}/{name}", request_timeout=600, **kwargs)
-        store.drop()
-        if cls is not None:
-            return cls(store.es, name, **kwargs)
-        store = self.open_search_engine(f"{self.url}/{name}", request_timeout=600, **kwargs)
-        self.names.append(name)
+    def open(self, **options):
+        store = open_database(f"{self.url}/scale-{uuid.uuid4().hex[:8]}", request_timeout=600,
+                              **options)
         return store
 
-    def merge_and_measure(self, es, index, count):
-        """(bytes per record after refresh, after a force-merge to one segment, merge seconds)."""
-        es.indices.refresh(index=index)
-        before = self.primary_bytes(es, index)
-        started = time.perf_counter()
-        es.indices.forcemerge(index=index, max_num_segments=1, request_timeout=3600)
-        seconds = time.perf_counter() - started
-        es.indices.refresh(index=index)
-        return before / count, self.primary_bytes(es, index) / count, seconds
+    @staticmethod
+    def bytes(store):
+        return OpenSearchRun.bytes_of(store.es, store.index)
 
     @staticmethod
-    def primary_bytes(es, index):
+    def bytes_of(es, index):
+        """The index's primary store after a force-merge to one segment."""
+        es.indices.forcemerge(index=index, max_num_segments=1, request_timeout=3600)
+        es.indices.refresh(index=index)
         stats = es.indices.stats(index=index, metric="store")
         return stats["_all"]["primaries"]["store"]["size_in_bytes"]
 
-    def drop(self, es, index):
-        es.indices.delete(index=index, ignore_unavailable=True)
+    @staticmethod
+    def remove(store):
+        store.drop()
 
+
+# --- image-match 1.x's layout and calls -------------------------------------------------------
 
 def legacy_document(signature, words, path, timestamp):
     """A document as image-match 1.x's make_record + insert_single_record wrote it."""
@@ -587,121 +410,135 @@ def legacy_document(signature, words, path, timestamp):
     return document
 
 
-def legacy_load(es, index, records, sample, batch_size=2000, threads=1):
+def legacy_load(es, index, records, count, sample, batch_size=2000, threads=2):
     """1.x's index: created empty (dynamic mapping), the first ``sample`` records with one
-    ``index`` call each (1.x's insert_single_record), the rest in bulk. Returns the per-call
-    rate and the bulk rate (records/s)."""
+    ``index`` call each (1.x's insert_single_record), the rest in bulk. Returns the per-call rate
+    (records/s)."""
     es.indices.delete(index=index, ignore_unavailable=True)
     es.indices.create(index=index, body={"settings": {"number_of_shards": 1,
                                                       "number_of_replicas": 0}})
-    sample = min(sample, len(records))
-    words = make_words(records[:sample])
+    sample = min(sample, count)
+    signed = records.signed(0, sample)[:, 0]
     started = time.perf_counter()
-    for i in range(sample):
-        es.index(index=index, body=legacy_document(records[i], words[i], f"r{i}", datetime.now()))
+    for i, (signature, words) in enumerate(zip(signed, make_words(signed))):
+        es.index(index=index, body=legacy_document(signature, words, f"r{i}", datetime.now()))
     single_rate = sample / (time.perf_counter() - started) if sample else None
     failures = []
 
     def work(starts):
         for start in starts:
             stamp = datetime.now().isoformat()
-            stop = min(start + batch_size, len(records))
+            stop = min(start + batch_size, count)
+            block = records.signed(start, stop)[:, 0]
             operations = []
-            for i, row in zip(range(start, stop), make_words(records[start:stop])):
+            for i, signature, row in zip(range(start, stop), block, make_words(block)):
                 operations.append({"index": {"_index": index}})
-                operations.append(legacy_document(records[i], row, f"r{i}", stamp))
+                operations.append(legacy_document(signature, row, f"r{i}", stamp))
             response = es.bulk(body=operations, request_timeout=600)
             if response["errors"]:
                 failures.extend(i for i in response["items"] if "error" in i["index"])
 
-    starts = list(range(sample, len(records), batch_size))
-    started = time.perf_counter()
+    starts = list(range(sample, count, batch_size))
     workers = [threading.Thread(target=work, args=(starts[i::threads],)) for i in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    assert not failures, failures[:2]
+    if failures:
+        raise SystemExit(f"1.x load failed: {failures[:2]}")
     es.indices.refresh(index=index)
-    seconds = time.perf_counter() - started
-    bulk_rate = (len(records) - sample) / seconds if len(records) > sample else None
-    return single_rate, bulk_rate
+    return single_rate
 
 
-def legacy_searches(es, index, size=100, cutoff=CUTOFF):
-    """image-match 1.x's search_single_record, with this benchmark's records."""
+def legacy_search(es, index, rows, size=100, cutoff=0.40):
+    """image-match 1.x's search_single_record for each of ``rows`` (its all_orientations searched
+    the 8 orientations one request each), exact distances over the returned signatures."""
     names = word_field_names(63)
-
-    def one(query):
-        words = make_words(query).tolist()
-        should = [{"term": {name: word}} for name, word in zip(names, words)]
-        # 1.x passed size= and timeout= as the search API's parameters; opensearch-py takes a
-        # timeout keyword as its own request timeout, so both go in the body here (the same).
+    found = set()
+    for query in rows:
+        should = [{"term": {name: word}} for name, word in zip(names, make_words(query).tolist())]
         hits = es.search(index=index, body={"query": {"bool": {"should": should}},
                                             "_source": {"excludes": ["simple_word_*"]},
                                             "size": size, "timeout": "10s"})["hits"]["hits"]
-        if not hits:
-            return []
-        signatures = np.array([h["_source"]["signature"] for h in hits])
-        distances = np.atleast_1d(normalized_distance(signatures, query))
-        return [{"path": h["_source"]["path"], "dist": d} for h, d in zip(hits, distances)
-                if d < cutoff]
+        if hits:
+            signatures = np.array([h["_source"]["signature"] for h in hits])
+            distances = distance_matrix(query[None], signatures)[0]
+            found |= {int(h["_source"]["path"][1:]) for h, d in zip(hits, distances) if d < cutoff}
+    return found
 
-    return one
+
+def measure_legacy(es, index, queries, rounds, cutoff):
+    """1.x's searches of the copies it could search for: the plain row, or the 8 orientations."""
+    options = {name: opts for name, _, opts in QUERIES}
+    names = [name for name in queries if not options[name].get("robust")]
+    found, latencies = {}, {}
+    for round_ in range(rounds):
+        for name in names:
+            kind = search_kind(options[name])
+            per_photo = []
+            for rows, _ in queries[name]:
+                searched = rows[:8] if options[name].get("all_orientations") else rows[:1]
+                started = time.perf_counter()
+                per_photo.append(legacy_search(es, index, searched, cutoff=cutoff))
+                latencies.setdefault(kind, []).append(time.perf_counter() - started)
+            if round_ == 0:
+                found[name] = per_photo
+    return found, latencies, names
 
 
 # --- the run ----------------------------------------------------------------------------------
 
-def fmt_rate(value):
-    return "—" if value is None else f"{value:,.0f}"
-
-
-def fmt_ms(value):
-    return "—" if value is None else f"{value:.1f}"
-
-
-def search_row(label, size_label, measured, recall, extra=()):
-    return (label, size_label, *extra, fmt_ms(measured["p50"]), fmt_ms(measured["p95"]),
-            fmt_ms(measured["p99"]), fmt_ms(measured["batched"]),
-            f"{recall[0]:.1%}", f"{recall[1]:.1%}", f"{recall[2]:.1%}")
+SWEEP = [  # (label, store options)
+    ("words (1.x's 63 of 16)", {"candidates": "words"}),
+    ("bands 48x9", {"candidates": {"scheme": "bands", "bands": 48, "width": 9}}),
+    ("bands 64x8", {"candidates": {"scheme": "bands", "bands": 64, "width": 8}}),
+    ("bands 64x9", {"candidates": {"scheme": "bands", "bands": 64, "width": 9}}),
+    ("bands 96x10", {"candidates": {"scheme": "bands", "bands": 96, "width": 10}}),
+]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--sqlite-sizes", type=int, nargs="+", default=[10_000, 100_000],
-                        help="the sizes SQLite runs at (of --sizes)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sqlite-sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--stores", nargs="+", default=["sqlite", "opensearch"],
                         choices=["sqlite", "opensearch"])
-    parser.add_argument("--es-url", help="an OpenSearch/Elasticsearch node (default: start one)")
-    parser.add_argument("--heap", default="3g", help="heap of the node started here")
-    parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=2, help="timed passes over the queries")
-    parser.add_argument("--workers", type=int, default=2, help="processes generating signatures")
+    parser.add_argument("--es-url", help="an OpenSearch node (default: start one)")
+    parser.add_argument("--heap", default="4g", help="heap of the node started here")
+    parser.add_argument("--rounds", type=int, default=2, help="timed passes over the searches")
+    parser.add_argument("--workers", type=int, default=2, help="processes making distractors")
     parser.add_argument("--legacy-sample", type=int, default=2000,
                         help="records 1.x's layout inserts with one index call each")
-    parser.add_argument("--sqlite-batches", type=int, nargs="+", default=[5000, 20000])
-    parser.add_argument("--es-batches", type=int, nargs="+", default=[500, 1000, 2000, 5000])
-    parser.add_argument("--es-threads", type=int, nargs="+", default=[1, 2],
-                        help="concurrent bulk requests tried for our OpenSearch insert")
-    parser.add_argument("--experiment-size", type=int, default=100_000,
-                        help="records for the k, size and SQLite-layout experiments (0: none)")
-    parser.add_argument("--candidate-sizes", type=int, nargs="+", default=[100, 300, 1000])
-    parser.add_argument("--word-lengths", type=int, nargs="+", default=[10, 12])
+    parser.add_argument("--sqlite-batch", type=int, default=20_000)
+    parser.add_argument("--es-batch", type=int, default=5000)
+    parser.add_argument("--es-threads", type=int, default=2)
+    parser.add_argument("--sweep-size", type=int, default=100_000,
+                        help="records for the scheme and size sweep (0: none)")
+    parser.add_argument("--candidate-sizes", type=int, nargs="+", default=[25, 100])
+    parser.add_argument("--sweep-rounds", type=int, default=1, help="timed passes in the sweep")
+    parser.add_argument("--windows-size", type=int, default=100_000,
+                        help="records of a store with crop windows (0: none)")
+    parser.add_argument("--no-legacy", action="store_true", help="skip 1.x's layout")
+    parser.add_argument("--photos", type=int, default=None,
+                        help="copy only the first N corpus photos (a quick trial)")
     parser.add_argument("--output", default=str(RESULTS / "search_scale.txt"))
     args = parser.parse_args()
 
     started_run = time.perf_counter()
-    notes = [machine_line(), f"load at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}"]
-    log(notes[-1])
-    queries = query_signatures(args.queries)
-    main_rows, size_rows, k_rows, insert_rows, sqlite_rows, truth_notes = [], [], [], [], [], []
-    os_rows = []
-    loads = []
-
-    engine = None
-    osrun = None
+    notes = [machine_line(), "load at start: " + " ".join(f"{x:.1f}" for x in os.getloadavg())]
+    _, paths = corpus_paths()
+    paths = paths[:args.photos]
+    held_out = np.array([is_held_out(p) for p in paths])
+    notes.append(f"queries: copies of the {len(paths)} corpus photos, {int((~held_out).sum())} "
+                 f"in the tuning share and {int(held_out.sum())} held out")
+    records = Records(paths, max(args.sizes + [args.sweep_size, args.windows_size]), args.workers)
     scratch = tempfile.mkdtemp(prefix="search-scale-")
+    tables = {"main": [], "recall": [], "sweep": [], "insert": []}
+    loads = []
+    engine = None
+    runs = {}
+    if "sqlite" in args.stores:
+        runs["SQLite"] = SQLiteRun(scratch)
     if "opensearch" in args.stores:
         if args.es_url is None:
             from image_match import local_engine
@@ -710,245 +547,174 @@ def main():
                                         heap=args.heap, stop_with_caller=True)
             args.es_url = engine.url
             log(f"OpenSearch {engine.version} at {engine.url}, heap {args.heap}")
-        osrun = OpenSearchRun(args.es_url)
-        warm_up(osrun, corpus_signatures(min(args.sizes), workers=args.workers), queries)
+        runs["OpenSearch"] = OpenSearchRun(args.es_url)
 
     try:
+        probe = open_database(f"sqlite:///{scratch}/probe.db")
+        cutoff = probe.distance_cutoff
+        queries = query_rows(probe, paths)
+        truth = planted(records, queries, cutoff, windows=False)
+        if args.windows_size:
+            crop_queries = query_rows(open_database(f"sqlite:///{scratch}/probe-crop.db",
+                                                    crop_windows=True), paths)
+            crop_truth = planted(records, crop_queries, cutoff, windows=True)
+        distractor_rows = distance_check(records, queries, cutoff)
+
+        def run_store(engine_name, size, options, label, windows=False, sizes=(None,),
+                      searches=None, rounds=args.rounds):
+            run = runs[engine_name]
+            store = run.open(**options, **({"crop_windows": True} if windows else {}))
+            batch, threads = ((args.sqlite_batch, 1) if engine_name == "SQLite"
+                              else (args.es_batch, args.es_threads))
+            seconds = insert_all(store, records, size, windows, batch, threads)
+            rate = size / seconds
+            tables["insert"].append((f"{engine_name} {label}", f"{size:,}",
+                                     f"batch {batch}, {threads} thread(s)", f"{rate:,.0f}"))
+            stored = run.bytes(store)
+            indexed = records.indexed(size, windows)
+            log(f"{engine_name} {label} {size:,}: {rate:,.0f} records/s, "
+                f"{stored / indexed:,.0f} bytes per indexed signature")
+            outcomes = []
+            for candidates in sizes:
+                found, latencies = measure_searches(store, searches or queries, rounds,
+                                                    candidates)
+                loads.append(os.getloadavg()[0])
+                outcomes.append((candidates, found, latencies))
+            run.remove(store)
+            return rate, stored / size, stored / indexed, outcomes
+
+        # The sweep: schemes and candidate sizes on the tuning share.
+        if args.sweep_size:
+            tuning_only = {name: [i for i in wanted if not held_out[i]]
+                           for name, wanted in truth.items()}
+            for engine_name in runs:
+                for label, options in SWEEP:
+                    sizes = args.candidate_sizes if options.get("candidates") != "words" else [100]
+                    rate, _, per_signature, outcomes = run_store(
+                        engine_name, args.sweep_size, options, label, sizes=sizes,
+                        rounds=args.sweep_rounds)
+                    for candidates, found, latencies in outcomes:
+                        name, value = worst(found, tuning_only, held_out)
+                        tables["sweep"].append((
+                            engine_name, label, candidates, f"{rate:,.0f}",
+                            f"{per_signature:,.0f}", ms(latencies["default"], 50),
+                            ms(latencies["default"], 99), ms(latencies["robust"], 50),
+                            fmt_share(overall(found, truth, held_out, False)),
+                            f"{fmt_share(value)} ({name})"))
+                        log(tables["sweep"][-1])
+
         for size in args.sizes:
-            records = corpus_signatures(size, workers=args.workers)
-            started = time.perf_counter()
-            truth = Truth(records, queries)
-            truth_notes.append(f"{size:,} records: {truth.describe()} "
-                               f"(brute force {time.perf_counter() - started:.0f} s)")
-            log(truth_notes[-1])
-            experiment = size == args.experiment_size
-
-            if "sqlite" in args.stores and size in args.sqlite_sizes:
-                run = SQLiteRun(scratch)
-                store, rate, batch, trials = run.load(records, args.sqlite_batches)
-                for batch_size, trial_rate in trials:
-                    insert_rows.append(("SQLite", f"{size:,}", f"batch {batch_size}",
-                                        fmt_rate(trial_rate)))
-                per_record = sqlite_bytes(store) / size
-                for candidates in (args.candidate_sizes if experiment else [100]):
-                    measured = measure_search(*our_searches(store, candidates), queries,
-                                              args.rounds)
-                    recall = truth.recall(measured["found"])
-                    loads.append(load())
-                    if candidates == 100:
-                        at_100 = (measured, recall)
-                        main_rows.append(("SQLite", f"{size:,}", fmt_rate(rate),
-                                          *search_row("", "", measured, recall)[2:],
-                                          f"{per_record:,.0f}"))
-                        log(main_rows[-1])
-                    if experiment:
-                        size_rows.append(search_row("SQLite", f"{size:,}", measured, recall,
-                                                    (candidates,)))
-                        log(size_rows[-1])
-                if experiment:
-                    k_rows.append(("SQLite", 16, f"{size:,}", fmt_rate(rate),
-                                   *search_row("", "", *at_100)[2:], f"{per_record:,.0f}"))
-                run.remove(store)
-                if experiment:
-                    for k in args.word_lengths:
-                        store, rate, batch, _ = run.load(records, [batch], k=k)
-                        measured = measure_search(*our_searches(store, 100), queries, args.rounds)
-                        k_rows.append(("SQLite", k, f"{size:,}", fmt_rate(rate),
-                                       *search_row("", "", measured,
-                                                   truth.recall(measured["found"]))[2:],
-                                       f"{sqlite_bytes(store) / size:,.0f}"))
-                        log(k_rows[-1])
-                        run.remove(store)
-                    for cls in (SQLiteBigCache, SQLiteSegments, SQLiteSortedLoad, SQLiteSkipCommon):
-                        store, rate, batch_used, trials = run.load(records, [batch], cls)
-                        measured = measure_search(*our_searches(store, 100), queries, args.rounds)
-                        recall = truth.recall(measured["found"])
-                        sqlite_rows.append((cls.__name__, f"{size:,}",
-                                            ", ".join(f"{b}: {fmt_rate(r)}" for b, r in trials),
-                                            fmt_ms(measured["p50"]), fmt_ms(measured["p99"]),
-                                            f"{recall[0]:.1%}", f"{recall[2]:.1%}",
-                                            f"{sqlite_bytes(store) / size:,.0f}"))
-                        log(sqlite_rows[-1])
-                        run.remove(store)
-
-            if osrun is not None:
-                run_opensearch(osrun, records, queries, truth, size, experiment, args,
-                               main_rows, size_rows, k_rows, insert_rows, loads, os_rows)
+            for engine_name in runs:
+                if engine_name == "SQLite" and size not in args.sqlite_sizes:
+                    continue
+                for label, options in (("bands (new stores)", {}),
+                                       ("words (1.x's)", {"candidates": "words"})):
+                    rate, per_record, per_signature, [(_, found, latencies)] = run_store(
+                        engine_name, size, options, label)
+                    name, value = worst(found, truth, held_out)
+                    tables["main"].append((
+                        engine_name, label, f"{size:,}", f"{rate:,.0f}",
+                        ms(latencies["default"], 50), ms(latencies["default"], 99),
+                        ms(latencies["robust"], 50), ms(latencies["robust"], 99),
+                        fmt_share(overall(found, truth, held_out, False)),
+                        fmt_share(overall(found, truth, held_out, True)),
+                        f"{fmt_share(value)} ({name})", f"{per_signature:,.0f}"))
+                    log(tables["main"][-1])
+                    tables["recall"] += recall_rows(f"{engine_name} {label} {size:,}", found,
+                                                    truth, held_out)
+                if engine_name == "OpenSearch" and not args.no_legacy:
+                    es, index = open_database(f"{args.es_url}/scale-probe").es, "scale-1x"
+                    single_rate = legacy_load(es, index, records, size, args.legacy_sample)
+                    stored = OpenSearchRun.bytes_of(es, index)
+                    found, latencies, names = measure_legacy(es, index, queries, args.rounds,
+                                                             cutoff)
+                    es.indices.delete(index=index, ignore_unavailable=True)
+                    legacy_truth = {name: truth[name] for name in names}
+                    name, value = worst(found, legacy_truth, held_out)
+                    tables["main"].append((
+                        engine_name, "1.x's layout and calls", f"{size:,}", f"{single_rate:,.0f}",
+                        ms(latencies["default"], 50), ms(latencies["default"], 99), "—", "—",
+                        fmt_share(overall(found, legacy_truth, held_out, False)),
+                        fmt_share(overall(found, legacy_truth, held_out, True)),
+                        f"{fmt_share(value)} ({name})", f"{stored / size:,.0f}"))
+                    log(tables["main"][-1])
+        if args.windows_size:
+            for engine_name in runs:
+                rate, per_record, per_signature, [(_, found, latencies)] = run_store(
+                    engine_name, args.windows_size, {}, "bands, crop windows", windows=True,
+                    searches=crop_queries)
+                name, value = worst(found, crop_truth, held_out)
+                tables["main"].append((
+                    engine_name, "bands, crop windows", f"{args.windows_size:,}", f"{rate:,.0f}",
+                    ms(latencies["default"], 50), ms(latencies["default"], 99),
+                    ms(latencies["robust"], 50), ms(latencies["robust"], 99),
+                    fmt_share(overall(found, crop_truth, held_out, False)),
+                    fmt_share(overall(found, crop_truth, held_out, True)),
+                    f"{fmt_share(value)} ({name})", f"{per_signature:,.0f}"))
+                log(tables["main"][-1])
+                tables["recall"] += recall_rows(
+                    f"{engine_name} bands, crop windows {args.windows_size:,}", found, crop_truth,
+                    held_out)
     finally:
         if engine is not None:
             engine.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
-    notes.append(f"load at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; median 1-minute "
-                 f"load while searching {statistics.median(loads) if loads else 0:.1f}")
+    notes.append("load at end: " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+                 + f"; median 1-minute load while searching "
+                 f"{statistics.median(loads) if loads else 0:.1f}")
     notes.append(f"run took {(time.perf_counter() - started_run) / 60:.0f} min")
-    report(args, notes, truth_notes, main_rows, size_rows, k_rows, insert_rows, sqlite_rows,
-           os_rows)
+    report(args, notes, cutoff, truth, distractor_rows, tables)
 
 
-def warm_up(osrun, records, queries):
-    """Index and search a little first: a fresh JVM runs its first requests interpreted."""
-    started = time.perf_counter()
-    store = osrun.open("scale-warmup")
-    insert_all(store, records[:20_000], 2000)
-    one, batch = our_searches(store, 100)
-    for _ in range(2):
-        for query in queries:
-            one(query)
-    store.drop()
-    log(f"node warmed up ({time.perf_counter() - started:.0f} s)")
-
-
-def run_opensearch(osrun, records, queries, truth, size, experiment, args,
-                   main_rows, size_rows, k_rows, insert_rows, loads, os_rows):
-    n = f"{size:,}"
-    # Our layout: once, a trial of batch sizes and concurrency on 20,000 records (into an empty
-    # index each time); then every full load with the fastest.
-    if getattr(osrun, "best_insert", None) is None:
-        trial_records = corpus_signatures(20_000, workers=args.workers)
-        trials = []  # (rate, batch size, threads)
-        for threads in args.es_threads:
-            # One thread: every batch size; more threads: the best batch size of one thread.
-            for batch_size in (args.es_batches if not trials else [max(trials)[1]]):
-                store = osrun.open("scale-trial")
-                rate = len(trial_records) / insert_all(store, trial_records, batch_size, threads)
-                trials.append((rate, batch_size, threads))
-                insert_rows.append((f"OpenSearch ({store.layout})", f"{len(trial_records):,}",
-                                    f"batch {batch_size}, {threads} thread(s)", fmt_rate(rate)))
-                log(insert_rows[-1])
-                store.drop()
-        _, best_batch, best_threads = max(trials)
-        osrun.best_insert = (best_batch, best_threads)
-    batch_size, threads = osrun.best_insert
-    store = osrun.open("scale-ours")
-    seconds = insert_all(store, records, batch_size, threads)
-    rate = size / seconds
-    insert_rows.append((f"OpenSearch ({store.layout})", n,
-                        f"full load: batch {batch_size}, {threads} thread(s)", fmt_rate(rate)))
-    log(insert_rows[-1])
-    refreshed, merged, merge_seconds = osrun.merge_and_measure(store.es, store.index, size)
-    log(f"ours: {refreshed:,.0f} bytes/record after refresh, {merged:,.0f} merged "
-        f"({merge_seconds:.0f} s)")
-    for candidates in (args.candidate_sizes if experiment or size == max(args.sizes) else [100]):
-        measured = measure_search(*our_searches(store, candidates), queries, args.rounds)
-        recall = truth.recall(measured["found"])
-        loads.append(load())
-        if candidates == 100:
-            main_rows.append((f"OpenSearch ({store.layout})", n, fmt_rate(rate),
-                              *search_row("", "", measured, recall)[2:], f"{merged:,.0f}"))
-            log(main_rows[-1])
-            ours = measured
-        if candidates != 100 or experiment or size == max(args.sizes):
-            size_rows.append(search_row(f"OpenSearch ({store.layout})", n, measured, recall,
-                                        (candidates,)))
-            log(size_rows[-1])
-    if experiment or size == max(args.sizes):
-        # Candidates must share at least 2 words (the driver's minimum_should_match).
-        store.minimum_should_match = 2
-        measured = measure_search(*our_searches(store, 100), queries, args.rounds)
-        store.minimum_should_match = 1
-        size_rows.append(search_row(f"OpenSearch ({store.layout}), msm 2", n, measured,
-                                    truth.recall(measured["found"]), (100,)))
-        log(size_rows[-1])
-    if experiment:
-        k_rows.append(("OpenSearch", 16, n, fmt_rate(rate), *search_row(
-            "", "", ours, truth.recall(ours["found"]))[2:], f"{merged:,.0f}"))
-    store.drop()
-
-    # image-match 1.x's layout and calls.
-    es, index = store.es, "scale-1x"
-    single_rate, bulk_rate = legacy_load(es, index, records, args.legacy_sample, threads=threads)
-    insert_rows.append(("OpenSearch (1.x)", f"{min(args.legacy_sample, size):,}",
-                        "one index call per image", fmt_rate(single_rate)))
-    insert_rows.append(("OpenSearch (1.x documents)", f"{max(0, size - args.legacy_sample):,}",
-                        f"bulk of 2000, {threads} thread(s) (not 1.x's way)", fmt_rate(bulk_rate)))
-    log(insert_rows[-2:])
-    refreshed, merged, merge_seconds = osrun.merge_and_measure(es, index, size)
-    log(f"1.x: {refreshed:,.0f} bytes/record after refresh, {merged:,.0f} merged "
-        f"({merge_seconds:.0f} s)")
-    measured = measure_search(legacy_searches(es, index), None, queries, args.rounds)
-    recall = truth.recall(measured["found"])
-    loads.append(load())
-    main_rows.append(("OpenSearch (1.x)", n, fmt_rate(single_rate),
-                      *search_row("", "", measured, recall)[2:], f"{merged:,.0f}"))
-    log(main_rows[-1])
-    osrun.drop(es, index)
-
-    if experiment:
-        for cls in _prototype_classes():
-            store = osrun.open("scale-prototype", cls)
-            getattr(store, "prepare", lambda: None)()
-            seconds = insert_all(store, records, batch_size, threads)
-            getattr(store, "finish", lambda: None)()
-            _, merged, _ = osrun.merge_and_measure(store.es, store.index, size)
-            measured = measure_search(*our_searches(store, 100), queries, args.rounds)
-            os_rows.append((cls.__name__, n, f"{size / seconds:,.0f}", fmt_ms(measured["p50"]),
-                            fmt_ms(measured["p99"]), f"{truth.recall(measured['found'])[0]:.1%}",
-                            f"{merged:,.0f}"))
-            log(os_rows[-1])
-            store.drop()
-        for k in args.word_lengths:
-            store = osrun.open(f"scale-k{k}", k=k)
-            seconds = insert_all(store, records, batch_size, threads)
-            _, merged, _ = osrun.merge_and_measure(store.es, store.index, size)
-            measured = measure_search(*our_searches(store, 100), queries, args.rounds)
-            k_rows.append(("OpenSearch", k, n, fmt_rate(size / seconds), *search_row(
-                "", "", measured, truth.recall(measured["found"]))[2:], f"{merged:,.0f}"))
-            log(k_rows[-1])
-            store.drop()
-
-
-def report(args, notes, truth_notes, main_rows, size_rows, k_rows, insert_rows, sqlite_rows,
-           os_rows):
+def report(args, notes, cutoff, truth, distractor_rows, tables):
     out = io.StringIO()
 
     def both(text=""):
         print(text)
         print(text, file=out)
 
-    both("search_scale.py: " + " ".join(sys.argv[1:]))
-    for note in notes + truth_notes:
+    def table(headers, rows):
+        both(print_table(headers, rows, file=open(os.devnull, "w")))
+
+    both("search_scale.py " + " ".join(sys.argv[1:]))
+    for note in notes:
         both(note)
+    both(f"planted copies under the cutoff {cutoff} (of {len(next(iter(truth.values())))} per "
+         "kind): " + ", ".join(f"{name} {len(wanted)}" for name, wanted in truth.items()))
     both()
-    both(f"Main table: size=100 candidates, cutoff {CUTOFF}; latency in ms from the client, one "
-         f"query at a time (p50/p95/p99) and per query in batches of {BATCH_QUERIES}; recall (a) "
-         f"of all brute-force matches under {CUTOFF} and {LOW_CUTOFF}, (b) of the planted copies; "
-         "bytes/record: SQLite file after a WAL checkpoint, OpenSearch primary store after "
-         "force-merge to 1 segment. 1.x insert/s: one index call per image.")
-    both(print_table(["store", "records", "insert/s", "p50", "p95", "p99", "batched",
-                      "recall (a)", "(a) 0.40", "(b) planted", "bytes/record"], main_rows,
-                     file=open(os.devnull, "w")))
-    if insert_rows:
+    both(f"Distractors against real photos: distance percentiles, the share of pairs under 0.5, "
+         f"{CUTOFF_1X} and {cutoff}, and what that share makes per query among "
+         f"{args.sizes[-1]:,} records at {cutoff} and {CUTOFF_1X}:")
+    table(["pairs", "count", "0.1%", "1%", "5%", "50%", "<0.5", f"<{CUTOFF_1X}", f"<{cutoff}",
+           f"per query <{cutoff}", f"per query <{CUTOFF_1X}"], distractor_rows)
+    both()
+    both(f"Main table: insert records/s (bulk add_signatures; 1.x: one index call per image); "
+         f"latency in ms from the client, one search at a time: p50/p99 of default searches "
+         f"(the store's default search of a plain copy) and of robust ones; recall: the share of "
+         f"the planted copies under the cutoff {cutoff} (brute force) that the search returns, on "
+         f"the tuning and held-out shares, and the lowest kind of copy; bytes per indexed "
+         f"signature (a record's own and its crop windows').")
+    table(["store", "candidates", "records", "insert/s", "p50", "p99", "robust p50",
+           "robust p99", "recall tuning", "held out", "lowest kind", "bytes/signature"],
+          tables["main"])
+    if tables["recall"]:
         both()
-        both("Insert (records/s, precomputed signatures, including the final refresh):")
-        both(print_table(["store", "records", "how", "records/s"], insert_rows,
-                         file=open(os.devnull, "w")))
-    if size_rows:
+        both("Recall per kind of copy (planted copies under the cutoff, tuning and held-out "
+             "shares):")
+        table(["store", "copy", "tuning", "found", "held out", "found"],
+              [(label, name, n, fmt_share(a), m, fmt_share(b))
+               for label, name, n, a, m, b in tables["recall"]])
+    if tables["sweep"]:
         both()
-        both("Candidate size (the engine's top-`size` records by shared words, then exact "
-             "distances):")
-        both(print_table(["store", "records", "size", "p50", "p95", "p99", "batched",
-                          "recall (a)", "(a) 0.40", "(b) planted"], size_rows,
-                         file=open(os.devnull, "w")))
-    if k_rows:
+        both(f"Sweep at {args.sweep_size:,} records (tuning share only): candidate schemes and "
+             f"candidates per query signature (size):")
+        table(["store", "candidates", "size", "insert/s", "bytes/signature", "p50", "p99",
+               "robust p50", "recall", "lowest kind"], tables["sweep"])
+    if tables["insert"]:
         both()
-        both("Word length k (N=63 words, size=100):")
-        both(print_table(["store", "k", "records", "insert/s", "p50", "p95", "p99", "batched",
-                          "recall (a)", "(a) 0.40", "(b) planted", "bytes/record"], k_rows,
-                         file=open(os.devnull, "w")))
-    if sqlite_rows:
-        both()
-        both("SQLite word-layout prototypes (benchmark-only subclasses; insert records/s per "
-             "batch size, search size=100):")
-        both(print_table(["prototype", "records", "insert/s (batch)", "p50", "p99",
-                          "recall (a)", "(b) planted", "bytes/record"], sqlite_rows,
-                         file=open(os.devnull, "w")))
-    if os_rows:
-        both()
-        both("OpenSearch driver prototypes (benchmark-only subclasses; the best batch size and "
-             "threads; bytes after force-merge; search size=100):")
-        both(print_table(["prototype", "records", "insert/s", "p50", "p99", "recall (a)",
-                          "bytes/record"], os_rows, file=open(os.devnull, "w")))
+        both("Inserts (records/s, precomputed signatures, including the final refresh):")
+        table(["store", "records", "how", "records/s"], tables["insert"])
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(out.getvalue())
