@@ -4,13 +4,13 @@ million distinct pictures, and how fast?
     python benchmarks/search_scale.py            # 100k and 1M records: hours on 2 cores the
                                                  # first time (the distractors are made and
                                                  # cached), then about an hour
-    python benchmarks/search_scale.py --sizes 100000 --stores sqlite opensearch \
-        --output benchmarks/results/search_scale_100k.txt
+    python benchmarks/search_scale.py --stores sqlite --sizes 100000 --sweep-size 0 \
+        --windows-size 0 --output benchmarks/results/search_scale_sqlite.txt
 
 Options: ``--sizes``, ``--sqlite-sizes`` (SQLite runs at those of ``--sizes`` only: 100k),
-``--stores``, ``--es-url`` (an engine of one's own instead of starting one), ``--heap``,
-``--sweep-size`` (100k: where the candidate schemes and sizes are compared), ``--windows-size``
-(100k: a store with crop windows), ``--rounds``, ``--help`` for the rest.
+``--stores``, ``--schemes``, ``--es-url`` (an engine of one's own instead of starting one),
+``--heap``, ``--sweep-size`` (100k: where the candidate schemes and sizes are compared),
+``--windows-size`` (100k: a store with crop windows), ``--rounds``, ``--help`` for the rest.
 
 Records. Record i < 244 is photo i of the dev corpus; the others are distractors: collages of
 pieces of the corpus's photos with colour and scale changes (``distractors.py``), distinct
@@ -18,10 +18,11 @@ pictures whose distances to the queries and to each other are printed beside the
 unrelated pairs (the "distractors" table), so that a set easier or harder than real photos shows.
 
 Queries. Each corpus photo is copied the ways of ``QUERIES`` (the three copies of earlier runs,
-mirror images searched with all orientations, central crops keeping 81% and 64% of the area,
-turns by 10 degrees keeping the size or growing the canvas, and the copies the robust options'
-parts are for: bars and borders, insets, corner crops), and searched as a user would: the
-store's own search options plus the row's (``SignatureDatabaseBase.query_options``). The rows
+mirror images, central crops keeping 81% and 64% of the area, turns by 10 degrees keeping the
+size or growing the canvas, and the copies the robust options' parts are for: bars and borders,
+insets, corner crops), and searched as a user would: a default search (``search_image`` with no
+options: the copy, its mirror image and two central crops' grids, 4 query signatures) for the
+first five, ``robust=True`` for the others (``SignatureDatabaseBase.query_options``). The rows
 and margins of each search are made once and cached (``query_signatures`` is the slow part).
 
 What is measured, per store and size, through the store's public API only (``add_signatures``,
@@ -43,8 +44,8 @@ once beforehand; ``describe``; the engine's own API for a force-merge):
 image-match 1.x's way is measured beside ours on OpenSearch: its documents (``path``,
 ``signature`` as a list of ints, ``simple_word_0..62``) under a dynamic mapping, one ``index``
 call per image for its insert rate (``--legacy-sample`` records; the rest bulk-loaded), its
-search (a bool ``should`` of 63 term queries, size 100) for the copies 1.x could search for (a
-plain query, or its 8 orientations).
+search (a bool ``should`` of 63 term queries, size 100, one request per query signature) given
+the same 4 query signatures as a default search, for the copies a default search is for.
 
 The sweep (``--sweep-size``) compares candidate schemes (1.x's words, bands of several shapes)
 and candidate sizes on both stores, on the tuning share: the numbers that chose
@@ -348,6 +349,17 @@ def worst(found, truth, held_out):
     return name, value
 
 
+def main_row(engine_name, label, size, rate, latencies, found, truth, held_out, per_signature):
+    """A row of the main table (see ``report``)."""
+    name, value = worst(found, truth, held_out)
+    return (engine_name, label, f"{size:,}", f"{rate:,.0f}",
+            ms(latencies.get("default"), 50), ms(latencies.get("default"), 99),
+            ms(latencies.get("robust"), 50), ms(latencies.get("robust"), 99),
+            fmt_share(overall(found, truth, held_out, False)),
+            fmt_share(overall(found, truth, held_out, True)),
+            f"{fmt_share(value)} ({name})", f"{per_signature:,.0f}")
+
+
 def ms(values, q):
     return f"{np.percentile(values, q) * 1000:.1f}" if values else "—"
 
@@ -450,25 +462,28 @@ def legacy_load(es, index, records, count, sample, batch_size=2000, threads=2):
     return single_rate
 
 
-def legacy_search(es, index, rows, size=100, cutoff=0.40):
-    """image-match 1.x's search_single_record for each of ``rows`` (its all_orientations searched
-    the 8 orientations one request each), exact distances over the returned signatures."""
+def legacy_search(es, index, rows, margins, size=100, cutoff=0.40):
+    """image-match 1.x's search_single_record for each of ``rows`` (one request each, as its
+    all_orientations searched its 8 orientations), exact distances over the returned signatures
+    plus each row's margin."""
     names = word_field_names(63)
     found = set()
-    for query in rows:
+    for query, margin in zip(rows, margins):
         should = [{"term": {name: word}} for name, word in zip(names, make_words(query).tolist())]
         hits = es.search(index=index, body={"query": {"bool": {"should": should}},
                                             "_source": {"excludes": ["simple_word_*"]},
                                             "size": size, "timeout": "10s"})["hits"]["hits"]
         if hits:
             signatures = np.array([h["_source"]["signature"] for h in hits])
-            distances = distance_matrix(query[None], signatures)[0]
+            distances = distance_matrix(query[None], signatures)[0] + margin
             found |= {int(h["_source"]["path"][1:]) for h, d in zip(hits, distances) if d < cutoff}
     return found
 
 
 def measure_legacy(es, index, queries, rounds, cutoff):
-    """1.x's searches of the copies it could search for: the plain row, or the 8 orientations."""
+    """1.x's layout and calls for the copies a default search is for, given the same query
+    signatures as image-match 2's default search (the copy, its mirror image, two central
+    crops' grids: 4 requests one after another)."""
     options = {name: opts for name, _, opts in QUERIES}
     names = [name for name in queries if not options[name].get("robust")]
     found, latencies = {}, {}
@@ -476,10 +491,9 @@ def measure_legacy(es, index, queries, rounds, cutoff):
         for name in names:
             kind = search_kind(options[name])
             per_photo = []
-            for rows, _ in queries[name]:
-                searched = rows[:8] if options[name].get("all_orientations") else rows[:1]
+            for rows, margins in queries[name]:
                 started = time.perf_counter()
-                per_photo.append(legacy_search(es, index, searched, cutoff=cutoff))
+                per_photo.append(legacy_search(es, index, rows, margins, cutoff=cutoff))
                 latencies.setdefault(kind, []).append(time.perf_counter() - started)
             if round_ == 0:
                 found[name] = per_photo
@@ -487,6 +501,9 @@ def measure_legacy(es, index, queries, rounds, cutoff):
 
 
 # --- the run ----------------------------------------------------------------------------------
+
+#: (label, store options) of the stores measured at --sizes.
+SCHEMES_MEASURED = [("bands (new stores)", {}), ("words (1.x's)", {"candidates": "words"})]
 
 SWEEP = [  # (label, store options)
     ("words (1.x's 63 of 16)", {"candidates": "words"}),
@@ -518,6 +535,10 @@ def main():
     parser.add_argument("--sweep-rounds", type=int, default=1, help="timed passes in the sweep")
     parser.add_argument("--windows-size", type=int, default=100_000,
                         help="records of a store with crop windows (0: none)")
+    parser.add_argument("--schemes", nargs="+", default=["bands", "words"],
+                        choices=["bands", "words"],
+                        help="candidate schemes of the stores measured at --sizes (bands: new "
+                             "stores'; words: 1.x's, in image-match 2's layout)")
     parser.add_argument("--no-legacy", action="store_true", help="skip 1.x's layout")
     parser.add_argument("--photos", type=int, default=None,
                         help="copy only the first N corpus photos (a quick trial)")
@@ -607,18 +628,13 @@ def main():
             for engine_name in runs:
                 if engine_name == "SQLite" and size not in args.sqlite_sizes:
                     continue
-                for label, options in (("bands (new stores)", {}),
-                                       ("words (1.x's)", {"candidates": "words"})):
-                    rate, per_record, per_signature, [(_, found, latencies)] = run_store(
+                for label, options in SCHEMES_MEASURED:
+                    if options.get("candidates", "bands") not in args.schemes:
+                        continue
+                    rate, _, per_signature, [(_, found, latencies)] = run_store(
                         engine_name, size, options, label)
-                    name, value = worst(found, truth, held_out)
-                    tables["main"].append((
-                        engine_name, label, f"{size:,}", f"{rate:,.0f}",
-                        ms(latencies["default"], 50), ms(latencies["default"], 99),
-                        ms(latencies["robust"], 50), ms(latencies["robust"], 99),
-                        fmt_share(overall(found, truth, held_out, False)),
-                        fmt_share(overall(found, truth, held_out, True)),
-                        f"{fmt_share(value)} ({name})", f"{per_signature:,.0f}"))
+                    tables["main"].append(main_row(engine_name, label, size, rate, latencies,
+                                                   found, truth, held_out, per_signature))
                     log(tables["main"][-1])
                     tables["recall"] += recall_rows(f"{engine_name} {label} {size:,}", found,
                                                     truth, held_out)
@@ -630,27 +646,20 @@ def main():
                                                              cutoff)
                     es.indices.delete(index=index, ignore_unavailable=True)
                     legacy_truth = {name: truth[name] for name in names}
-                    name, value = worst(found, legacy_truth, held_out)
-                    tables["main"].append((
-                        engine_name, "1.x's layout and calls", f"{size:,}", f"{single_rate:,.0f}",
-                        ms(latencies["default"], 50), ms(latencies["default"], 99), "—", "—",
-                        fmt_share(overall(found, legacy_truth, held_out, False)),
-                        fmt_share(overall(found, legacy_truth, held_out, True)),
-                        f"{fmt_share(value)} ({name})", f"{stored / size:,.0f}"))
+                    tables["main"].append(main_row(
+                        engine_name, "1.x's layout and calls", size, single_rate, latencies,
+                        found, legacy_truth, held_out, stored / size))
                     log(tables["main"][-1])
+                    tables["recall"] += recall_rows(f"{engine_name} 1.x's layout {size:,}",
+                                                    found, legacy_truth, held_out)
         if args.windows_size:
             for engine_name in runs:
-                rate, per_record, per_signature, [(_, found, latencies)] = run_store(
+                rate, _, per_signature, [(_, found, latencies)] = run_store(
                     engine_name, args.windows_size, {}, "bands, crop windows", windows=True,
                     searches=crop_queries)
-                name, value = worst(found, crop_truth, held_out)
-                tables["main"].append((
-                    engine_name, "bands, crop windows", f"{args.windows_size:,}", f"{rate:,.0f}",
-                    ms(latencies["default"], 50), ms(latencies["default"], 99),
-                    ms(latencies["robust"], 50), ms(latencies["robust"], 99),
-                    fmt_share(overall(found, crop_truth, held_out, False)),
-                    fmt_share(overall(found, crop_truth, held_out, True)),
-                    f"{fmt_share(value)} ({name})", f"{per_signature:,.0f}"))
+                tables["main"].append(main_row(
+                    engine_name, "bands, crop windows", args.windows_size, rate, latencies,
+                    found, crop_truth, held_out, per_signature))
                 log(tables["main"][-1])
                 tables["recall"] += recall_rows(
                     f"{engine_name} bands, crop windows {args.windows_size:,}", found, crop_truth,
