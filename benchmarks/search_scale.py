@@ -581,6 +581,11 @@ def main():
             crop_truth = planted(records, crop_queries, cutoff, windows=True)
         distractor_rows = distance_check(records, queries, cutoff)
 
+        def checkpoint():
+            """The report so far, written at once: a long run interrupted keeps what it measured."""
+            report(args, notes + ["(partial: the run was still going)"], cutoff, truth,
+                   distractor_rows, tables, quiet=True)
+
         def run_store(engine_name, size, options, label, windows=False, sizes=(None,),
                       searches=None, rounds=args.rounds):
             run = runs[engine_name]
@@ -638,6 +643,7 @@ def main():
                     log(tables["main"][-1])
                     tables["recall"] += recall_rows(f"{engine_name} {label} {size:,}", found,
                                                     truth, held_out)
+                    checkpoint()
                 if engine_name == "OpenSearch" and not args.no_legacy:
                     es, index = open_database(f"{args.es_url}/scale-probe").es, "scale-1x"
                     single_rate = legacy_load(es, index, records, size, args.legacy_sample)
@@ -652,6 +658,7 @@ def main():
                     log(tables["main"][-1])
                     tables["recall"] += recall_rows(f"{engine_name} 1.x's layout {size:,}",
                                                     found, legacy_truth, held_out)
+                    checkpoint()
         if args.windows_size:
             for engine_name in runs:
                 rate, _, per_signature, [(_, found, latencies)] = run_store(
@@ -664,6 +671,7 @@ def main():
                 tables["recall"] += recall_rows(
                     f"{engine_name} bands, crop windows {args.windows_size:,}", found, crop_truth,
                     held_out)
+                checkpoint()
     finally:
         if engine is not None:
             engine.stop()
@@ -676,11 +684,12 @@ def main():
     report(args, notes, cutoff, truth, distractor_rows, tables)
 
 
-def report(args, notes, cutoff, truth, distractor_rows, tables):
+def report(args, notes, cutoff, truth, distractor_rows, tables, quiet=False):
     out = io.StringIO()
 
     def both(text=""):
-        print(text)
+        if not quiet:
+            print(text)
         print(text, file=out)
 
     def table(headers, rows):
