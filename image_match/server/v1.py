@@ -156,8 +156,9 @@ class Match(BaseModel):
     path: str
     dist: float = Field(description="normalized distance to the query: 0 the same picture; "
                                     "below the cutoff a copy")
-    score: Optional[float] = Field(description="the store's score of the candidate (its words "
-                                               "shared with the query, rare ones weighing more); "
+    score: Optional[float] = Field(description="the store's score of the candidate (its index "
+                                               "terms shared with the query, rare ones weighing "
+                                               "more); "
                                                "not dsys/match's (1 - dist) * 100")
     metadata: Optional[Dict[str, Any]]
 
