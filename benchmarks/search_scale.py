@@ -698,8 +698,8 @@ def report(args, notes, cutoff, truth, distractor_rows, tables, quiet=False):
     both("search_scale.py " + " ".join(sys.argv[1:]))
     for note in notes:
         both(note)
-    both(f"planted copies under the cutoff {cutoff} (of {len(next(iter(truth.values())))} per "
-         "kind): " + ", ".join(f"{name} {len(wanted)}" for name, wanted in truth.items()))
+    both(f"planted copies under the cutoff {cutoff}, per kind (of one copy a photo): "
+         + ", ".join(f"{name} {len(wanted)}" for name, wanted in truth.items()))
     both()
     both(f"Distractors against real photos: distance percentiles, the share of pairs under 0.5, "
          f"{CUTOFF_1X} and {cutoff}, and what that share makes per query among "
