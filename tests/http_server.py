@@ -108,7 +108,12 @@ class HTTPTestServer:
             return self._hits[path]
 
     def peak_concurrency(self, path=None):
-        """The most requests for ``path`` (or for any path, if None) that were handled at once."""
+        """The most requests for ``path`` (or for any path, if None) that were handled at once.
+
+        A request counts from its arrival until its answer starts (``slow`` routes) or its handler
+        returns: a client can read a whole answer, and send its next request, before the thread
+        that wrote it is scheduled again, so counting to the handler's return would see requests
+        overlap that never did for the client."""
         with self._lock:
             return self._peak[path]
 
@@ -147,6 +152,7 @@ class HTTPTestServer:
         pieces ``delay_between`` seconds apart."""
         def handler(request):
             if self.sleep(delay_before):
+                self._answering(request)
                 respond(request, 200, body, content_type, chunk_size=chunk_size,
                         delay_between=delay_between)
         return self.route(path, handler)
@@ -179,7 +185,8 @@ class HTTPTestServer:
             self.requests.append(Request(request.command, request.path, dict(request.headers)))
             self._hits[path] += 1
             handler = self._routes.get(path)
-            for key in (path, None):
+            request.active_keys = (path, None)
+            for key in request.active_keys:
                 self._active[key] += 1
                 self._peak[key] = max(self._peak[key], self._active[key])
         try:
@@ -188,9 +195,14 @@ class HTTPTestServer:
             else:
                 handler(request)
         finally:
-            with self._lock:
-                for key in (path, None):
-                    self._active[key] -= 1
+            self._answering(request)
+
+    def _answering(self, request):
+        """The request stops counting towards ``peak_concurrency`` (once)."""
+        with self._lock:
+            for key in request.active_keys:
+                self._active[key] -= 1
+            request.active_keys = ()
 
 
 class _Server(ThreadingHTTPServer):
