@@ -619,6 +619,9 @@ def _find_java():
     return found
 
 
+_PF_KTHREAD = 0x00200000  # in /proc/<pid>/stat's flags (include/linux/sched.h)
+
+
 def _is_our_jvm(pid, kind):
     """True if pid is alive and, where /proc tells, still runs this kind's launcher (a pid recorded
     in a state file may have been reused by an unrelated process since)."""
@@ -637,8 +640,13 @@ def _is_our_jvm(pid, kind):
             # the process is dead only when no other thread is left (then it is a zombie waiting
             # for its parent to reap it).
             return len(os.listdir(proc / "task")) > 1
-        return _MAIN_CLASS[kind].encode() in (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
+        cmdline = (proc / "cmdline").read_bytes()
+        if not cmdline:
+            # Empty while the process exits (its memory is gone, its sockets not yet closed): still
+            # ours until it is a zombie. Kernel threads (flag PF_KTHREAD) have no command line either.
+            return not int((proc / "stat").read_text().rsplit(")", 1)[1].split()[6]) & _PF_KTHREAD
+        return _MAIN_CLASS[kind].encode() in cmdline
+    except (OSError, IndexError, ValueError):
         return False
 
 

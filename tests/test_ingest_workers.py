@@ -285,10 +285,10 @@ def test_ingest_wait_says_when_no_worker_consumes_the_queue(run, http_server, im
     listing.write_text("\n".join(good[:40]) + "\n")
     command = [sys.executable, "-m", "image_match", "ingest", str(listing), "--db", database,
                "--wait"]
-    started = time.monotonic()
+    # No worker: the command stops by itself (a hang would end in TimeoutExpired). Not timed more
+    # tightly: starting Python and Celery takes over 10 s on a loaded 2-core machine.
     failed = subprocess.run(command + ["--fail-without-workers"], env=run.env, capture_output=True,
                             text=True, timeout=60)
-    assert time.monotonic() - started < 10
     assert failed.returncode == 1
     assert failed.stderr.splitlines()[-1].startswith(
         "error: no worker is consuming the queue 'image-match' at redis://127.0.0.1:")
@@ -300,7 +300,7 @@ def test_ingest_wait_says_when_no_worker_consumes_the_queue(run, http_server, im
     try:
         started = time.monotonic()
         while "no worker is consuming the queue" not in errors.read_text():
-            assert time.monotonic() - started < 10 and waiting.poll() is None, errors.read_text()
+            assert time.monotonic() - started < 60 and waiting.poll() is None, errors.read_text()
             time.sleep(0.2)
         assert "still waiting" in errors.read_text()
         run.worker(concurrency=1)
