@@ -456,7 +456,10 @@ def method_distances(method, table, originals, failed):
 
 
 def _oriented(method, values):
-    """The query's orientations a Goldberg method counts by, ((F, O, L)), and their margins."""
+    """The query's orientations a Goldberg method counts by, ((F, O, L)), and their margins
+    (image-match 1.1.2's signatures have no orientations: (F, L) and none)."""
+    if values.ndim == 2:
+        return values, None
     margins = query_margins(orientations=method.orientations, mirror=method.mirror)
     return values[:, method.turned], margins
 
@@ -493,7 +496,7 @@ def check_distances(method, table, distances, originals, rng):
         i, q = int(rng.integers(len(originals))), int(rng.integers(values.shape[0]))
         stored = values[originals[i]]
         stored = stored[0] if stored.ndim == 2 else stored
-        query = values[q][method.turned]
+        query = values[q][method.turned] if values.ndim == 3 else values[q][None]
         if method.parts or len(method.turned) > 1:
             expected = _store_distance(method, table, originals[i], q, stored, query)
         else:
