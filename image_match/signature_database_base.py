@@ -10,6 +10,8 @@ primitive                   what the driver does
                             trip; return per record None or the reason it was refused
 ``_candidates(words,...)``  for each row of query words, the records sharing the most words (with
                             their signatures), filtered by a metadata filter; one round trip
+``_whole_matches(...)``     optional: the matches as whole records, for a driver whose
+                            candidates hold only what ranking reads (id, signature, windows)
 ``_get(ids)``               the records with these ids ({id: Record}; a damaged record may be
                             the DatabaseError naming it)
 ``_delete(ids)``            delete these ids; return how many existed
@@ -737,7 +739,7 @@ class SignatureDatabaseBase:
                 for record in next(candidate_lists):
                     found.setdefault(record.id, record)
             results.append(self._rank(signatures, margins, list(found.values()), cutoff))
-        return results
+        return self._whole_matches(results)
 
     def _rank(self, signatures, margins, records, cutoff):
         if not records:
@@ -992,6 +994,11 @@ class SignatureDatabaseBase:
     def _candidates(self, terms, size, pre_filter):
         raise NotImplementedError
 
+    def _whole_matches(self, matches):
+        """Per query, its ``[(Record, distance)]`` with every record whole (path, metadata,
+        timestamp). A driver whose candidates are whole already has nothing to do."""
+        return matches
+
     def _get(self, ids):
         raise NotImplementedError
 
@@ -1089,7 +1096,7 @@ def scored_candidates(hits, records):
             if record is None:
                 continue
             if key in seen:
-                record = _with_score(record, score)
+                record = with_score(record, score)
             else:
                 seen.add(key)
                 record.score = score
@@ -1098,7 +1105,7 @@ def scored_candidates(hits, records):
     return results
 
 
-def _with_score(record, score):
+def with_score(record, score):
     """A shallow copy of ``record`` carrying ``score`` (``dataclasses.replace`` runs ``__init__``
     again: several times slower, on a path that copies dozens of records a search)."""
     copied = object.__new__(Record)

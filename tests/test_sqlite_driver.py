@@ -211,3 +211,58 @@ def test_signatures_and_windows_pack_three_values_a_byte_and_back():
     assert isinstance(windows, bytes) and len(windows) == 2 * 216
     np.testing.assert_array_equal(unpack_windows(windows), signatures[:2])
     assert pack_windows(None) is None and unpack_windows(None) is None
+
+
+def test_a_search_reads_whole_records_for_its_matches_alone(tmp_path, caplog):
+    """Candidates are read for ranking only (id, signature, windows); the rest of a record is read
+    when it matches: a candidate whose metadata is damaged is no longer read, nor reported, by a
+    search that does not find it, and one that matches is left out and reported."""
+    path = tmp_path / "s.db"
+    store = open_database(f"sqlite:///{path}")
+    query = str(photos()[0])
+    store.add_images([{"path": query, "metadata": {"n": 0}}], workers=1)
+    # Records a part of whose values are the query's: some share its index terms (candidates),
+    # none is close enough to match.
+    signature, rng = store.gis.generate_signature(query), np.random.default_rng(0)
+    variants = []
+    for index in range(60):
+        changed = rng.random(signature.size) < 0.4
+        variant = signature.copy()
+        variant[changed] = (variant[changed] + rng.integers(1, 5, changed.sum()) + 2) % 5 - 2
+        variants.append({"path": f"v/{index}", "signature": variant, "metadata": {"n": index}})
+    store.add_signatures(variants)
+    candidates = store._candidates
+    seen = []
+    store._candidates = lambda *args: seen.append(candidates(*args)) or seen[-1]
+    assert [m["path"] for m in store.search_image(query)] == [query]
+    other = next(record.path for rows in seen[0] for record in rows if record.path != query)
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE records SET metadata = '{not json' WHERE path = ?", (other,))
+    store = open_database(f"sqlite:///{path}")
+    with caplog.at_level("WARNING", logger="image_match.drivers.sqlite"):
+        found = store.search_image(query)
+    assert [(m["path"], m["metadata"]) for m in found] == [(query, {"n": 0})]
+    assert "cannot be read" not in caplog.text
+    with caplog.at_level("WARNING", logger="image_match.drivers.sqlite"):
+        assert store.search_signature(variants[int(other[2:])]["signature"]) == []
+    assert f"({other}) cannot be read: its metadata is damaged" in caplog.text
+
+
+def test_a_match_replaced_while_it_is_searched_is_left_out(tmp_path):
+    """The distance of a match is to the signature its candidate had: a record replaced by
+    another image between the two reads of a search is not reported with the new image's path."""
+    store = open_database(f"sqlite:///{tmp_path / 's.db'}")
+    chosen = [str(p) for p in photos()[:3]]
+    store.add_images([{"path": chosen[0], "id": "x"}, chosen[1]], workers=1)
+    other = store.gis.generate_signature(chosen[2])
+    candidates = store._candidates
+
+    def then_replaced(*args):
+        found = candidates(*args)
+        store.add_signatures([{"id": "x", "path": chosen[2], "signature": other}])
+        return found
+
+    store._candidates = then_replaced
+    assert store.search_image(chosen[0]) == []
+    store._candidates = candidates
+    assert [m["path"] for m in store.search_image(chosen[2])] == [chosen[2]]

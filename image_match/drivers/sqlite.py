@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import DatabaseError, InvalidParameterError
 from ..records import (Record, indexed_window_terms, pack_signatures, pack_windows, packed_size,
                        unpack_signatures, unpack_windows)
-from ..signature_database_base import SignatureDatabaseBase, scored_candidates
+from ..signature_database_base import SignatureDatabaseBase, scored_candidates, with_score
 
 log = logging.getLogger(__name__)
 
@@ -358,17 +358,50 @@ class SignatureSQLite(SignatureDatabaseBase):
 
     def _ranked(self, connection, hits):
         """The candidate lists of ``hits`` (per query signature, ``[(rowid, shared terms)]``, most
-        shared first) as records (``scored_candidates``), each read once per search. A damaged
-        record cannot be compared: it is left out, and logged."""
-        fetched = {}
-        for rowid, _, record in self._fetch(connection, "rowid",
-                                            list({rowid for found in hits for rowid, _ in found})):
-            if isinstance(record, DatabaseError):
-                log.warning("%s (left out of a search)", record)
+        shared first) as records (``scored_candidates``), each read once per search, and only
+        what ranking reads: id, signature, windows (``_whole_matches`` reads the rest of the
+        matches). A record whose signature or windows are damaged cannot be compared: it is left
+        out, and logged."""
+        rows = []
+        windows = "windows" if self.crop_windows else "NULL"
+        for chunk in _chunks(list({rowid for found in hits for rowid, _ in found}), 500):
+            rows += connection.execute(f"SELECT rowid, id, path, signature, {windows} FROM records "
+                                       f"WHERE rowid IN ({_marks(chunk)})", chunk).fetchall()
+        fetched, whole = {}, []
+        for row in rows:
+            problem = self._packing_problem(row[3], row[4])
+            if problem is None:
+                whole.append(row)
             else:
-                fetched[rowid] = record
+                log.warning("%s (left out of a search)", self._unreadable(row[1], row[2], problem))
+        signatures = unpack_signatures([row[3] for row in whole], self.gis.sig_length) if whole else []
+        for (rowid, record_id, path, _, packed), signature in zip(whole, signatures):
+            fetched[rowid] = Record(id=record_id, path=path, signature=signature,
+                                    windows=unpack_windows(packed, self.gis.sig_length))
         return scored_candidates([[(rowid, float(shared)) for rowid, shared in found]
                                   for found in hits], fetched)
+
+    def _whole_matches(self, matches):
+        """The matches' metadata and timestamps, read for them alone (a search's candidates are
+        many, its matches few). A match whose metadata or timestamp is damaged is left out, and
+        logged; one deleted or replaced by another image since its candidates were read is left
+        out too (its distance was to what it was)."""
+        ids = list({record.id for found in matches for record, _ in found})
+        if not ids:
+            return matches
+        with self._reading() as connection:
+            read = {record_id: record for _, record_id, record in self._fetch(connection, "id", ids)}
+        whole = []
+        for found in matches:
+            kept = []
+            for record, distance in found:
+                stored = read.get(record.id)
+                if isinstance(stored, DatabaseError):
+                    log.warning("%s (left out of a search)", stored)
+                elif stored is not None and np.array_equal(stored.signature, record.signature):
+                    kept.append((with_score(stored, record.score), distance))
+            whole.append(kept)
+        return whole
 
     def _fetch(self, connection, column, keys):
         """``[(rowid, id, Record)]`` for the rows whose ``column`` is in ``keys``; a damaged row
@@ -386,13 +419,9 @@ class SignatureSQLite(SignatureDatabaseBase):
         return [(row[0], row[1], self._record_of(row, signatures.get(row[0]))) for row in rows]
 
     def _record_of(self, row, signature):
-        rowid, record_id, path, _, metadata, timestamp, packed = row
-        problem = None
-        if signature is None:
-            problem = "its signature is damaged (not the packed size of this store's)"
-        elif not self._whole_windows(packed):
-            problem = "its crop windows are damaged (not the packed size of this store's)"
-        else:
+        rowid, record_id, path, packed_signature, metadata, timestamp, packed = row
+        problem = self._packing_problem(packed_signature, packed)
+        if problem is None:
             try:
                 metadata = None if metadata is None else _strict_json(metadata)
                 if metadata is not None and not isinstance(metadata, dict):
@@ -406,6 +435,17 @@ class SignatureSQLite(SignatureDatabaseBase):
                               windows=unpack_windows(packed, self.gis.sig_length))
             except (TypeError, ValueError, OverflowError, OSError):
                 problem = "its timestamp is damaged"
+        return self._unreadable(record_id, path, problem)
+
+    def _packing_problem(self, signature, windows):
+        """Why a row's packed signature or windows cannot be read, or None."""
+        if not self._whole(signature):
+            return "its signature is damaged (not the packed size of this store's)"
+        if not self._whole_windows(windows):
+            return "its crop windows are damaged (not the packed size of this store's)"
+        return None
+
+    def _unreadable(self, record_id, path, problem):
         return DatabaseError(f"{self.location}: record {record_id!r} ({path}) cannot be read: "
                              f"{problem}")
 
