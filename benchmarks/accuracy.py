@@ -87,6 +87,7 @@ import io
 import multiprocessing
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -847,7 +848,7 @@ def measure_costs(files, table, names, seed, out):
     run); CPU time per ``search_image`` with each option (a seeded sample of copies) in two
     stores: the originals, and the originals with the copies of the originals not sampled; CPU
     time of ``find_duplicates`` with and without orientations. In this process."""
-    from common import time_per_item
+    from common import time_interleaved, time_per_item
     from image_match.drivers import NEW_STORE_DEFAULTS
     from image_match.drivers.sqlite import SignatureSQLite
 
@@ -895,24 +896,35 @@ def measure_costs(files, table, names, seed, out):
                 stores[crops, label] = store
         generator = stores[False, "originals"].gis
         decode_only = time_per_item(lambda path: generator.decode(path), sample, COST_RUNS)
-        rows, reference = [], {}
-        for label, crops, options in COST_SEARCHES:
-            signer = stores[crops, "originals"]
-            signing = time_per_item(lambda path: signer.gis.query_signatures(
-                path, **signer.query_options(**options)), sample, COST_RUNS)
-            row = [label, f"{1000 * signing:.1f}"]
-            for size in ("originals", "larger"):
-                store = stores[crops, size]
-                seconds = time_per_item(lambda path: store.search_image(str(path), **options),
-                                        sample, COST_RUNS)
-                reference.setdefault(size, seconds)
-                row += [f"{1000 * seconds:.1f}", f"{seconds / reference[size]:.2f}"]
+
+        def signing(signer, options):
+            return lambda path: signer.gis.query_signatures(path, **signer.query_options(**options))
+
+        def searching(store, options):
+            return lambda path: store.search_image(str(path), **options)
+
+        # Every row of a column is timed in the same runs, interleaved (common.time_interleaved):
+        # a row's ratio to the first is taken run by run, and the median of those kept.
+        columns = [time_interleaved([signing(stores[crops, "originals"], options)
+                                     for _, crops, options in COST_SEARCHES], sample, COST_RUNS)]
+        columns += [time_interleaved([searching(stores[crops, size], options)
+                                      for _, crops, options in COST_SEARCHES], sample, COST_RUNS)
+                    for size in ("originals", "larger")]
+        rows = []
+        for index, (label, _, _) in enumerate(COST_SEARCHES):
+            row = [label, f"{1000 * statistics.median(columns[0][index]):.1f}"]
+            for runs in columns[1:]:
+                ratios = [value / first for value, first in zip(runs[index], runs[0])]
+                row += [f"{1000 * statistics.median(runs[index]):.1f}",
+                        f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"]
             rows.append(row)
-        emit(out, f"Search time: CPU milliseconds per search_image (median of {COST_RUNS} passes over "
-             f"{len(sample)} copies; decoding alone {1000 * decode_only:.1f} ms), in one process, "
-             f"in a SQLite store of the {files.count_originals} originals and in one of "
-             f"{len(others)} records (the originals and the copies of those not sampled); x: "
-             "against the first row (the query alone, today's default)",
+        emit(out, f"Search time: CPU milliseconds per search_image (median of {COST_RUNS} runs over "
+             f"{len(sample)} copies, every row timed in each run in turn; decoding alone "
+             f"{1000 * decode_only:.1f} ms), in one process, in a SQLite store of the "
+             f"{files.count_originals} originals and in one of {len(others)} records (the "
+             "originals and the copies of those not sampled); x: against the first row (the query "
+             "alone, 1.x's search) in the same run, the median over the runs (and their range); "
+             f"load average {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores",
              ["search", "signing", "ms, originals", "x", f"ms, {len(others)} records", "x"], rows)
         for store in stores.values():
             store.close()
