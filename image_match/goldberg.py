@@ -356,7 +356,9 @@ def block_means(grey, row_spans, column_spans, original_shape=None):
 
 def _coverage(pixels, low, high):
     """How much of pixel ``[pixels[i], pixels[i] + 1)`` span ``[low[i], high[i])`` covers, 0 to 1."""
-    return np.clip(np.minimum(pixels + 1, high) - np.maximum(pixels, low), 0, None)
+    # np.maximum, not np.clip: the same values, without clip's checks (a call per pixel row of
+    # every square, many per signature).
+    return np.maximum(np.minimum(pixels + 1, high) - np.maximum(pixels, low), 0)
 
 
 def _pixel_block_means(grey, row_starts, row_stops, column_starts, column_stops):
@@ -554,31 +556,53 @@ def uncropped_signature(grey, kept_side, n=9, crop_percentiles=(5, 95), P=None,
     -------
     (n * n * 8,) int8 ndarray (``n * n * 4`` without diagonal neighbours)
     """
+    return uncropped_signatures(grey, (kept_side,), n, crop_percentiles, P, diagonal_neighbors,
+                                identical_tolerance, n_levels, fix_ratio, variant,
+                                original_shape)[0]
+
+
+def uncropped_signatures(grey, kept_sides, n=9, crop_percentiles=(5, 95), P=None,
+                         diagonal_neighbors=True, identical_tolerance=2 / 255.0, n_levels=2,
+                         fix_ratio=False, variant="1.x", original_shape=None):
+    """``uncropped_signature`` for each of ``kept_sides``: (len(kept_sides), sig_length) int8.
+
+    The squares of every side are averaged in one ``block_means`` call (the grids side by side,
+    the blocks off the diagonal thrown away): its cost is in numpy's calls, not in the squares,
+    and each square's sum is made of the same additions as alone, so the signatures are the same.
+    """
     grey = np.asarray(grey)
     if grey.ndim != 2 or grey.size == 0:
         raise InvalidParameterError(f"grey must be a non-empty 2-D array, not shape {grey.shape}")
-    if not isinstance(kept_side, (int, float)) or not 0 < kept_side <= 1:
-        raise InvalidParameterError(f"kept_side={kept_side!r}: must be a number in (0, 1]")
+    for kept_side in kept_sides:
+        if not isinstance(kept_side, (int, float)) or not 0 < kept_side <= 1:
+            raise InvalidParameterError(f"kept_side={kept_side!r}: must be a number in (0, 1]")
     _check_variant(variant)
+    if not len(kept_sides):
+        return np.zeros((0, n * n * (8 if diagonal_neighbors else 4)), np.int8)
     shape = grey.shape if original_shape is None else tuple(original_shape)
     if variant == "paper" and grey.dtype == np.uint8:
         grey = grey * (1.0 / 255)
     lower, upper = (0, 100) if crop_percentiles is None else crop_percentiles
-    # The original's window, in this image's pixels: the image is the original's middle.
-    window = tuple((size * (0.5 - (0.5 - lower / 100) / kept_side),
-                    size * (0.5 + (upper / 100 - 0.5) / kept_side)) for size in shape)
-    if fix_ratio:  # 1.x's option: the larger range for both axes
-        window = (max(window, key=lambda limits: limits[1] - limits[0]),) * 2
-    rows, columns = (np.clip(points, 0, size - 1)
-                     for points, size in zip(grid_points(window, n, variant), shape))
-    if variant == "1.x":
-        size = sample_size((shape[0] / kept_side, shape[1] / kept_side), P)
-    else:
-        size = sample_size((window[0][1] - window[0][0], window[1][1] - window[1][0]), P)
-    means = block_means(grey, square_spans(rows, size, shape[0], variant),
-                        square_spans(columns, size, shape[1], variant), shape)
-    differences = neighbour_differences(means, diagonal_neighbors)
-    return quantize_differences(differences, identical_tolerance, n_levels, variant).ravel()
+    row_spans, column_spans = [], []
+    for kept_side in kept_sides:
+        # The original's window, in this image's pixels: the image is the original's middle.
+        window = tuple((size * (0.5 - (0.5 - lower / 100) / kept_side),
+                        size * (0.5 + (upper / 100 - 0.5) / kept_side)) for size in shape)
+        if fix_ratio:  # 1.x's option: the larger range for both axes
+            window = (max(window, key=lambda limits: limits[1] - limits[0]),) * 2
+        rows, columns = (np.clip(points, 0, size - 1)
+                         for points, size in zip(grid_points(window, n, variant), shape))
+        if variant == "1.x":
+            size = sample_size((shape[0] / kept_side, shape[1] / kept_side), P)
+        else:
+            size = sample_size((window[0][1] - window[0][0], window[1][1] - window[1][0]), P)
+        row_spans.append(square_spans(rows, size, shape[0], variant))
+        column_spans.append(square_spans(columns, size, shape[1], variant))
+    means = block_means(grey, [np.concatenate(bounds) for bounds in zip(*row_spans)],
+                        [np.concatenate(bounds) for bounds in zip(*column_spans)], shape)
+    return np.stack([quantize_differences(neighbour_differences(
+        means[index * n:(index + 1) * n, index * n:(index + 1) * n], diagonal_neighbors),
+        identical_tolerance, n_levels, variant).ravel() for index in range(len(kept_sides))])
 
 
 def central_window(height_share, width_share=None):
@@ -1186,11 +1210,9 @@ class ImageSignature:
         """The signatures a decoded grey array's original would have, were the array its central
         crop keeping each of ``sides`` of each side (see ``uncropped_signature``):
         (len(sides), sig_length) int8."""
-        signatures = [uncropped_signature(grey, side, self.n, self.crop_percentiles, self.P,
-                                          self.diagonal_neighbors, self.identical_tolerance,
-                                          self.n_levels, self.fix_ratio, self.variant,
-                                          original_shape) for side in sides]
-        return np.stack(signatures) if signatures else np.zeros((0, self.sig_length), np.int8)
+        return uncropped_signatures(grey, sides, self.n, self.crop_percentiles, self.P,
+                                    self.diagonal_neighbors, self.identical_tolerance,
+                                    self.n_levels, self.fix_ratio, self.variant, original_shape)
 
     def rotations_of_grey(self, grey, original_shape=None, angles=SMALL_ROTATIONS):
         """The signatures of a decoded grey array turned by each of ``angles`` (degrees,

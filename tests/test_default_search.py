@@ -18,7 +18,7 @@ from image_match.drivers import open_database
 from image_match.drivers.sqlite import SignatureSQLite
 from image_match.errors import InvalidParameterError
 from image_match.goldberg import (CENTRAL_CROP_SIDES, ImageSignature, normalized_distance,
-                                  uncropped_signature)
+                                  uncropped_signature, uncropped_signatures)
 from image_match.signature_database_base import SEARCH_DEFAULTS, SEARCH_DEFAULTS_1X
 
 from conftest import PHOTO, central_crop, jpeg_bytes, photos, rgb
@@ -69,6 +69,21 @@ def test_the_uncropped_grids_are_the_defaults_sides():
     for grid, side in zip(grids, CENTRAL_CROP_SIDES):
         np.testing.assert_array_equal(grid, uncropped_signature(grey, side, original_shape=shape))
     np.testing.assert_array_equal(generator.query_signatures(PHOTO, central_crops=True)[1:], grids)
+
+
+@pytest.mark.parametrize("variant", ["1.x", "paper"])
+@pytest.mark.parametrize("draft", [True, False])
+def test_sides_signed_together_are_each_signed_alone(variant, draft):
+    """The sides share one block_means call: each square's sum must stay its own (sides with
+    squares of other sizes, integer and fractional spans)."""
+    generator = ImageSignature(variant=variant, draft=draft)
+    sides = (0.95, 0.9, 0.8, 0.6, 0.3)
+    for path in photos()[:4]:
+        grey, shape = generator.decode(path)
+        together = uncropped_signatures(grey, sides, variant=variant, original_shape=shape)
+        for signature, side in zip(together, sides):
+            np.testing.assert_array_equal(signature, uncropped_signature(
+                grey, side, variant=variant, original_shape=shape))
 
 
 @pytest.mark.parametrize("side", [0, -0.5, 1.5, "0.9", None])
