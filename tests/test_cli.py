@@ -3,6 +3,7 @@ import, init, drop; their JSON shapes; and one-line errors with the right exit s
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -378,6 +379,52 @@ def test_bad_store_urls(command, url, status, message, tmp_path):
     assert result.exit_code == status, result.output
     assert only_line(result).startswith(message)
     assert "Traceback" not in result.output
+
+
+def test_a_web_server_that_is_not_an_engine_says_what_answered(http_server):
+    address, url = f"http://127.0.0.1:{http_server.port}", http_server.url("/images")
+    page = b"<!DOCTYPE html><html><head><title>Grafana</title></head><body>...</body></html>"
+    http_server.serve_bytes("/", page, content_type="text/html; charset=utf-8")
+    result = run("count", "--db", url)
+    assert result.exit_code == 1, result.output
+    assert re.fullmatch(f"error: {url}: not an Elasticsearch or OpenSearch engine: GET {address}/ "
+                        r"answered HTTP 200 \(text/html, server BaseHTTP/[^)]+\): 'Grafana'",
+                        only_line(result))
+
+    http_server.serve_status("/", 404, b"Not Found: /", content_type="text/plain")
+    missing = run("count", "--db", url)
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
+    assert re.search(r"answered HTTP 404 \(text/plain, server [^)]+\): 'Not Found: /'$",
+                     only_line(missing))
+
+    http_server.serve_bytes("/", b'{"status": "ok"}', content_type="application/json")
+    other_json = run("count", "--db", url)
+    assert other_json.exit_code == 1
+    assert only_line(other_json).endswith(""": '{"status": "ok"}'""")
+
+
+def test_a_server_that_does_not_speak_http_is_named(tmp_path):
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def greet():  # as an SSH server does: its banner first, whatever the client sends
+        connection, _ = listener.accept()
+        with connection:
+            connection.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+            connection.recv(1024)
+
+    threading.Thread(target=greet, daemon=True).start()
+    address = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    url = f"{address}/images"
+    try:
+        result = run("count", "--db", url)
+    finally:
+        listener.close()
+    assert result.exit_code == 1, result.output
+    assert only_line(result).startswith(f"error: {url}: not an Elasticsearch or OpenSearch engine: "
+                                        f"GET {address}/ was not answered in HTTP")
 
 
 def test_the_environment_variable_names_the_store(monkeypatch):

@@ -61,6 +61,7 @@ index's layout or refused (``es_filters``).
 
 import base64
 import hashlib
+import http.client
 import json
 import math
 import re
@@ -89,6 +90,8 @@ LAYOUTS = ("words", "simple_words")
 DEFAULT_LAYOUT = "words"
 #: Seconds ``open_search_engine`` waits for the engine to answer ``GET /``.
 CONNECT_TIMEOUT = 5.0
+# Enough of GET / to read an engine's answer, or to say what else answered.
+_PROBE_BYTES = 65536
 
 _WORDS_FIELD = "words"
 _MAX_ID_BYTES = 512
@@ -1097,22 +1100,58 @@ def _probe(address, username, password, options, where):
         handlers.append(urllib.request.HTTPSHandler(context=context))
     try:
         with urllib.request.build_opener(*handlers).open(request, timeout=CONNECT_TIMEOUT) as response:
-            info = json.load(response)
+            status, headers, body = response.status, response.headers, response.read(_PROBE_BYTES)
     except urllib.error.HTTPError as error:
         hint = " (check the user and password)" if error.code in (401, 403) else ""
+        try:
+            body = error.read(_PROBE_BYTES)
+        except (OSError, http.client.HTTPException):
+            body = b""
+        if _json_object(body) is None:  # an engine's errors are JSON: this is another server
+            raise DatabaseError(f"{where}: not an Elasticsearch or OpenSearch engine: "
+                                f"{_what_answered(address, error.code, error.headers, body)}{hint}"
+                                ) from None
         raise DatabaseError(f"{where}: the engine answered HTTP {error.code}{hint}",
                             transient=error.code == 429 or error.code >= 500) from None
-    except (OSError, ValueError) as error:  # refused, timed out, TLS, not JSON
+    except http.client.HTTPException as error:  # something answered, not in HTTP (ssh, a database)
+        raise DatabaseError(f"{where}: not an Elasticsearch or OpenSearch engine: GET {address}/ "
+                            f"was not answered in HTTP ({type(error).__name__}: {_short(error)})"
+                            ) from None
+    except (OSError, ValueError) as error:  # refused, timed out, reset, TLS
         reason = getattr(error, "reason", error)
         message = " ".join(str(reason).split())
         if password:
             message = message.replace(password, "***")
         raise DatabaseError(f"{where}: cannot reach the engine ({message})", transient=True) from None
-    version = (info.get("version") or {}) if isinstance(info, dict) else {}
-    if not version.get("number"):
-        raise DatabaseError(f"{where}: this is not an Elasticsearch or OpenSearch engine")
+    info = _json_object(body)
+    version = (info.get("version") or {}) if info is not None else {}
+    if not isinstance(version, dict) or not version.get("number"):
+        raise DatabaseError(f"{where}: not an Elasticsearch or OpenSearch engine: "
+                            f"{_what_answered(address, status, headers, body)}")
     product = "OpenSearch" if version.get("distribution") == "opensearch" else "Elasticsearch"
     return product, version["number"]
+
+
+def _json_object(body):
+    try:
+        value = json.loads(body)
+    except ValueError:  # not JSON (nor UTF-8)
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _what_answered(address, status, headers, body):
+    """What a server that is not an engine answered to ``GET /``, for a message: its status,
+    type, name, and the title of its page or the start of its body."""
+    server = headers.get("Server") if headers is not None else None
+    kind = headers.get_content_type() if headers is not None and headers.get("Content-Type") else None
+    text = " ".join(body.decode("utf-8", "replace").split())
+    title = re.search(r"<title[^>]*>(.*?)</title", text, re.IGNORECASE)
+    excerpt = title.group(1).strip() if title else text
+    excerpt = excerpt if len(excerpt) <= 80 else excerpt[:77] + "..."
+    details = [part for part in (kind, server and f"server {server}") if part]
+    return (f"GET {address}/ answered HTTP {status}" + (f" ({', '.join(details)})" if details else "")
+            + (f": {excerpt!r}" if excerpt else ", empty"))
 
 
 def _major(version):
