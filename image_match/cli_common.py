@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import click
 
 from . import settings
-from .errors import ImageMatchError, InvalidParameterError
+from .errors import NO_SUCH_FILE, ImageMatchError, InvalidParameterError
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -381,7 +381,7 @@ def expand_paths(arguments):
                 else:
                     keep(match, None)
         else:
-            missing.append((argument, "no such file or directory"))
+            missing.append((argument, NO_SUCH_FILE))
     return found, missing
 
 

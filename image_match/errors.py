@@ -5,6 +5,10 @@ a URL, ``bytes (N bytes)``, a store URL) and the reason, on one line, so that a 
 print it as it is and a bulk job can record it next to the item that failed.
 """
 
+#: The reason given for a path that names nothing, by the loader and by the commands that expand
+#: files, folders and globs alike (``add``, ``dedupe``): one wording for one situation.
+NO_SUCH_FILE = "no such file"
+
 
 class ImageMatchError(Exception):
     """The base of every error image-match raises on purpose."""

@@ -54,7 +54,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import settings as _settings
-from .errors import CorruptImageError, ImageLoadError, InvalidParameterError
+from .errors import NO_SUCH_FILE, CorruptImageError, ImageLoadError, InvalidParameterError
 
 # The smallest short side a draft decode may produce. Chosen by measuring the signature distance
 # between draft and full decodes over the dev corpus (benchmarks/draft_distance.py, README.rst).
@@ -336,7 +336,7 @@ def _read_path(source, limit, end):
     try:
         fd = os.open(source, _OPEN_FLAGS)
     except FileNotFoundError:
-        raise ImageLoadError(source, "no such file") from None
+        raise ImageLoadError(source, NO_SUCH_FILE) from None
     except IsADirectoryError:
         raise ImageLoadError(source, "is a directory, not an image file") from None
     except PermissionError:

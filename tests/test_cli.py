@@ -87,7 +87,7 @@ def test_add_globs_and_failures_with_reasons(db, folder, tmp_path):
     assert result.exit_code == 1
     outcomes = {o.get("path"): o for o in lines(result)[:-1]}
     assert lines(result)[-1] == {"added": 2, "replaced": 0, "failed": 3}
-    assert outcomes[str(tmp_path / "missing.jpg")]["error"].endswith("no such file or directory")
+    assert outcomes[str(tmp_path / "missing.jpg")]["error"].endswith(": no such file")
     assert outcomes[str(tmp_path / "nothing-*.png")]["error"].endswith("no file matches this pattern")
     assert outcomes[str(tmp_path / "broken.jpg")]["status"] == "failed"
     assert "not an image" in outcomes[str(tmp_path / "broken.jpg")]["error"] or \
@@ -98,7 +98,17 @@ def test_add_prints_failures_on_stderr_and_the_summary_on_stdout(db, folder, tmp
     result = run("add", folder, tmp_path / "missing.jpg")
     assert result.exit_code == 1
     assert result.stdout.strip() == f"added 3, replaced 0, failed 1 ({db})"
-    assert result.stderr.strip() == f"failed: {tmp_path / 'missing.jpg'}: no such file or directory"
+    assert result.stderr.strip() == f"failed: {tmp_path / 'missing.jpg'}: no such file"
+
+
+def test_a_missing_file_is_worded_alike_by_every_command(db, folder, tmp_path):
+    missing = tmp_path / "missing.jpg"
+    reasons = {}
+    for command in (["add"], ["search"], ["signature"], ["dedupe"], ["compare", folder / "a.jpg"]):
+        result = run(*command, missing)
+        assert result.exit_code == 1, result.output
+        reasons[command[0]] = result.stderr.strip().split(f"{missing}: ", 1)[1]
+    assert set(reasons.values()) == {"no such file"}, reasons
 
 
 def test_add_ids_from_content(db, folder):

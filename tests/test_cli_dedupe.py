@@ -307,7 +307,7 @@ def test_missing_dir_and_unreadable_files(copies, tmp_path):
     folder, _ = copies
     missing = run("dedupe", folder, tmp_path / "nope")
     assert missing.exit_code == 1 and missing.stdout == ""
-    assert missing.stderr.strip() == f"error: {tmp_path / 'nope'}: no such file or directory"
+    assert missing.stderr.strip() == f"error: {tmp_path / 'nope'}: no such file"
     (folder / "broken.jpg").write_bytes(b"garbage")
     result = run("dedupe", "--json", folder)
     assert result.exit_code == 1
@@ -332,7 +332,7 @@ def test_entry_point_dedupe_and_errors(planted, tmp_path):
     assert len(result.stdout.splitlines()) == len(groups)
     assert result.stderr == ""  # --json, a pipe: no progress bar, no summary
     for args, status, message in [
-        (["dedupe", str(tmp_path / "nope")], 1, f"error: {tmp_path / 'nope'}: no such file or directory"),
+        (["dedupe", str(tmp_path / "nope")], 1, f"error: {tmp_path / 'nope'}: no such file"),
         (["dedupe", "--keep", "biggest", str(folder)], 2, "error: Invalid value for '--keep'"),
         (["count", "--db", "http://127.0.0.1:9/x"], 1, "error: http://127.0.0.1:9/x: cannot reach"),
         (["search", "--db", "ftp://x", str(folder)], 2, "error: ftp://x: unsupported store"),
