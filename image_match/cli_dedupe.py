@@ -40,8 +40,10 @@ _EXIF_ORIENTATION = 274
 @click.command(short_help="Find near-duplicates; report, move or delete them.")
 @click.argument("dirs", nargs=-1, metavar="[DIR...]")
 @click.option("--keep", type=click.Choice(KEEP_POLICIES), default="largest", show_default=True,
-              help="Which member of a group is kept: the most pixels (then bytes), the fewest, the "
-                   "oldest or newest file (modification time), or the first path in sort order.")
+              help="Which member of a group is kept: the most pixels (of equal pixels the "
+                   "original-looking file: EXIF, then JPEG/HEIF over a lossless re-encode, then "
+                   "the most bytes), the fewest (then bytes), the oldest or newest file "
+                   "(modification time), or the first path in sort order.")
 @click.option("--move", "move_to", type=click.Path(file_okay=False), metavar="DEST",
               help="Move the other members into DEST (created if needed; names never overwrite).")
 @click.option("--delete", "delete_files", is_flag=True,
@@ -82,7 +84,7 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
 
     The report has one group per block (a table), one row per member (--format csv), or one JSON
     object per line (--json): {"group", "keep", "members": [{"path", "id", "dist", "width",
-    "height", "bytes", "keep", "action", "to", "error", "metadata"}]}, "dist" being the distance to
+    "height", "bytes", "format", "exif", "keep", "action", "to", "error", "metadata"}]}, "dist" being the distance to
     the kept member and "action" one of keep, duplicate (report only), moved, deleted, skipped,
     failed. Exits 1 when an image could not be read or a file could not be moved or deleted.
 
@@ -191,32 +193,48 @@ def _with_signature(record):
 
 
 def _file_facts(path):
-    """(width, height, bytes, mtime) of a local image file, from its header (no decode); None for
-    what cannot be known (a URL, a missing file)."""
+    """What is known of a local image file from its header (no decode): ``width``, ``height``
+    (EXIF rotation applied), ``bytes``, ``mtime``, ``format`` (Pillow's name) and ``exif`` (it
+    carries EXIF data); None for what cannot be known (a URL, a missing file)."""
+    facts = dict.fromkeys(("width", "height", "bytes", "mtime", "format", "exif"))
     if is_url(path):
-        return None, None, None, None
+        return facts
     try:
         status = os.stat(path)
     except OSError:
-        return None, None, None, None
-    width = height = None
+        return facts
+    facts.update(bytes=status.st_size, mtime=status.st_mtime)
     try:
         from PIL import Image
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as image:
+                exif = image.getexif()
                 width, height = image.size
-                if image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
+                if exif.get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
                     width, height = height, width  # shown turned by 90 degrees
+                facts.update(width=width, height=height, format=image.format, exif=len(exif) > 0)
     except Exception:  # noqa: BLE001 - Pillow raises many types for broken headers; size unknown
         pass
-    return width, height, status.st_size, status.st_mtime
+    return facts
+
+
+# The formats cameras and phones write. Of two files with the same pixels, one in these formats and
+# one in a lossless format (PNG, BMP, TIFF...), the lossless one is almost always a conversion of
+# the other: converting a JPEG to PNG multiplies its bytes and adds no detail, so "the most bytes"
+# alone would keep the conversion.
+CAMERA_FORMATS = frozenset({"JPEG", "MPO", "HEIF", "AVIF"})
 
 
 def _keep_key(policy):
     def pixels(m):
         return m["width"] * m["height"] if m["width"] else None
+
+    def original_looking(m):
+        """Ranks files of equal pixels (lower first): EXIF present, then a camera format, then
+        the most bytes (of the same picture in one format, the less compressed)."""
+        return (not m["exif"], m["format"] not in CAMERA_FORMATS, -(m["bytes"] or 0))
 
     def age(m):
         if m["mtime"] is not None:
@@ -224,7 +242,7 @@ def _keep_key(policy):
         return _timestamp(m.get("timestamp"))
 
     if policy == "largest":
-        return lambda m: (pixels(m) is None, -(pixels(m) or 0), -(m["bytes"] or 0), m["path"])
+        return lambda m: (pixels(m) is None, -(pixels(m) or 0), original_looking(m), m["path"])
     if policy == "smallest":
         return lambda m: (pixels(m) is None, pixels(m) or 0, m["bytes"] or 0, m["path"])
     if policy == "oldest":
@@ -249,8 +267,7 @@ def _arrange(db, group, policy, all_orientations, queries=None):
     """The group's members with file facts, the kept one first, the others by distance to it."""
     members = []
     for record in group:
-        width, height, size, mtime = _file_facts(record["path"])
-        members.append(dict(record, width=width, height=height, bytes=size, mtime=mtime))
+        members.append(dict(record, **_file_facts(record["path"])))
     kept = min(members, key=_keep_key(policy))
     # As the store linked them: orientations, crop windows, frames and rotations taking part.
     distances = db.distances_to(kept, members, all_orientations, queries)
@@ -347,7 +364,8 @@ def _destination(folder, path, root):
 
 def _print_group(number, members, output_format, writer, show_ids):
     public = [{"path": m["path"], "id": m["id"] if show_ids else None, "dist": m["dist"],
-               "width": m["width"], "height": m["height"], "bytes": m["bytes"], "keep": m["keep"],
+               "width": m["width"], "height": m["height"], "bytes": m["bytes"],
+               "format": m["format"], "exif": m["exif"], "keep": m["keep"],
                "action": m["action"], "to": m["to"], "error": m["error"],
                "metadata": m.get("metadata")} for m in members]
     if output_format == "json":
@@ -360,7 +378,8 @@ def _print_group(number, members, output_format, writer, show_ids):
         click.echo(f"group {number}: {len(members)} images")
         for member in public:
             size = (f"{member['width']}x{member['height']}" if member["width"] else "-")
-            line = (f"  {member['action']:<9}  {member['dist']:.4f}  {size:>9}  "
+            kind = (member["format"] or "-") + (" EXIF" if member["exif"] else "")
+            line = (f"  {member['action']:<9}  {member['dist']:.4f}  {size:>9}  {kind:<9}  "
                     f"{human_bytes(member['bytes']):>8}  {member['path']}")
             if member["to"]:
                 line += f" -> {member['to']}"

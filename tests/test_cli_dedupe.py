@@ -144,9 +144,10 @@ def test_members_carry_size_resolution_and_distance_to_the_kept_one(planted):
                 assert (member["width"], member["height"]) == image.size
             assert member["bytes"] == os.path.getsize(member["path"])
             assert member["id"] is None and 0 <= member["dist"] < 0.45
-        # --keep largest (the default): the most pixels, then the most bytes
-        pixels = [(m["width"] * m["height"], m["bytes"]) for m in members]
-        assert pixels[0] == max(pixels)
+        # --keep largest (the default): the most pixels, then EXIF, a camera format, the most bytes
+        rank = [(m["width"] * m["height"], m["exif"], m["format"] in cli_dedupe.CAMERA_FORMATS,
+                 m["bytes"]) for m in members]
+        assert rank[0] == max(rank)
 
 
 def test_table_and_csv(planted):
@@ -178,6 +179,39 @@ def test_keep_policies(policy, tmp_path):
                 "newest": "a-half.jpg", "first": "a-half.jpg"}[policy]
     group = lines(run("dedupe", "--json", "--keep", policy, tmp_path))[0]
     assert Path(group["keep"]).name == expected
+
+
+def test_keep_largest_breaks_ties_in_favour_of_the_original_looking_file(tmp_path):
+    """Of files with the same pixels, --keep largest keeps the one with EXIF, then the one in a
+    camera format over a lossless re-encode (more bytes, no more detail), then the most bytes."""
+    with Image.open(photos()[0]) as image:
+        image = image.convert("RGB")
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS 5D"  # Make, Model
+    image.save(tmp_path / "c-camera.jpg", quality=85, exif=exif)
+    image.save(tmp_path / "a-converted.png")                 # 7-8 times the bytes of the JPEG
+    image.save(tmp_path / "b-resaved.jpg", quality=98)       # more bytes than the original
+    image.save(tmp_path / "d-recompressed.jpg", quality=60)
+
+    def kept(*names):
+        folder = tmp_path / "-".join(names)
+        folder.mkdir()
+        for name in names:
+            shutil.copy(tmp_path / name, folder / name)
+        groups = lines(run("dedupe", "--json", folder))
+        assert len(groups) == 1 and len(groups[0]["members"]) == len(names), groups
+        return Path(groups[0]["keep"]).name
+
+    assert kept("c-camera.jpg", "a-converted.png", "b-resaved.jpg", "d-recompressed.jpg") == "c-camera.jpg"
+    assert kept("a-converted.png", "b-resaved.jpg", "d-recompressed.jpg") == "b-resaved.jpg"
+    assert kept("a-converted.png", "d-recompressed.jpg") == "d-recompressed.jpg"
+    # More pixels still come first: a larger PNG is kept over a smaller camera JPEG.
+    _resize(image, 0.5).save(tmp_path / "e-half.jpg", quality=95, exif=exif)
+    assert kept("a-converted.png", "e-half.jpg") == "a-converted.png"
+    table = run("dedupe", tmp_path / "c-camera.jpg-a-converted.png-b-resaved.jpg-d-recompressed.jpg")
+    assert table.stdout.splitlines()[1].split()[:4] == ["keep", "0.0000", f"{image.width}x{image.height}",
+                                                       "JPEG"]
+    assert table.stdout.splitlines()[1].split()[4] == "EXIF"
 
 
 # --- acting ----------------------------------------------------------------------------------------
