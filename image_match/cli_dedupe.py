@@ -86,7 +86,8 @@ def dedupe(state, dirs, keep, move_to, delete_files, yes, cutoff, all_orientatio
     object per line (--json): {"group", "keep", "members": [{"path", "id", "dist", "width",
     "height", "bytes", "format", "exif", "keep", "action", "to", "error", "metadata"}]}, "dist"
     being the distance to the kept member and "action" one of keep, duplicate (report only),
-    moved, deleted, skipped, failed. Exits 1 when an image could not be read or a file could not be moved or deleted.
+    moved, deleted, skipped, failed. Exits 1 when an image could not be read or a file could not
+    be moved or deleted.
 
     Mirrored and turned copies are grouped by default (--no-orientations: not), and with DIRs
     light central crops (--no-central-crops: not). --central-crops, --frames, --small-rotations,
