@@ -192,8 +192,8 @@ def serve(db_url, host, port, workers, no_auth):
 def engine():
     """Start, stop or check a local OpenSearch or Elasticsearch node (for --db http://...).
 
-    Needs a source checkout of image-match (the engines/ folder, or IMAGE_MATCH_ENGINES_DIR),
-    a JDK 17 and Maven; the first start builds the node (downloads about 50 MB).
+    Needs a JDK 17 and Maven: the first start builds the node from the Maven projects installed
+    with image-match (downloads about 50 MB once), in the user's data directory.
     """
 
 
@@ -243,13 +243,17 @@ def _cluster_note(running):
 @click.pass_obj
 def engine_start(state, port, heap, timeout, data_dir, kind, nodes, as_json):
     """Start a node (or a cluster of --nodes) in the background; it runs until `image-match
-    engine stop`."""
+    engine stop`.
+
+    Prints its URL (-q: the URL alone, for URL=$(image-match engine start -q)).
+    """
     from . import local_engine
 
     if nodes > 1 and port is not None:
         raise InvalidParameterError("--port is for one node; a cluster's nodes take free ports")
-    state.info(f"starting {kind}{f' ({nodes} nodes)' if nodes > 1 else ''} (the first start "
-               "builds it with Maven)...")
+    if local_engine.needs_build(kind):
+        state.info(f"building the {kind} engine with Maven (once; about 50 MB to download)...")
+    state.info(f"starting {kind}{f' ({nodes} nodes)' if nodes > 1 else ''}...")
     if nodes > 1:
         started = local_engine.start_cluster(kind, nodes=nodes, data_dir=data_dir, heap=heap,
                                              timeout=timeout)
@@ -257,6 +261,8 @@ def engine_start(state, port, heap, timeout, data_dir, kind, nodes, as_json):
         started = local_engine.start(kind, port=port, data_dir=data_dir, heap=heap, timeout=timeout)
     if as_json:
         json_line(_engine_state(started))
+    elif state.quiet:
+        click.echo(started.url)
     else:
         click.echo(f"{kind} {started.version} running at {started.url} (pid {started.pid}, "
                    f"data {started.data_dir})" + _cluster_note(started))
@@ -295,8 +301,10 @@ def engine_stop(data_dir, kind, as_json):
 @click.option("--kind", type=click.Choice(["opensearch", "elasticsearch"]), default=None,
               help="Which engine (default: both).")
 @output_options
-def engine_status(data_dir, kind, as_json):
-    """Say whether a node is running, where, and its cluster health."""
+@click.pass_obj
+def engine_status(state, data_dir, kind, as_json):
+    """Say whether a node is running, where, and its cluster health (-q: the URL of each running
+    node alone; exit 1 when none runs)."""
     from . import local_engine
 
     running = [node for node in (local_engine.status(folder) for folder in _engine_dirs(kind, data_dir))
@@ -304,6 +312,11 @@ def engine_status(data_dir, kind, as_json):
     if as_json:
         json_line({"running": bool(running),
                    "engines": [dict(_engine_state(node), health=node.health()) for node in running]})
+    elif state.quiet:
+        for node in running:
+            click.echo(node.url)
+        if not running:
+            sys.exit(EXIT_FAILURE)
     elif running:
         for node in running:
             click.echo(f"{node.kind} {node.version} running at {node.url} (pid {node.pid}, "

@@ -69,6 +69,10 @@ LOG_FILE = "engine.log"
 READY_FILE = "ready.json"
 KIND_FILE = "engine-kind"
 _BUILD_STAMP = ".image-match-built"
+#: engines/ as installed with the package (setup.py maps it to image_match/engine_sources).
+_PACKAGED_ENGINES = "engine_sources"
+#: Seconds ``stop`` waits for a finished node's parent to reap it.
+_REAP_GRACE = 5.0
 
 # The node is on loopback: an HTTP(S)_PROXY in the environment must not be asked for it.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -77,25 +81,73 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def engines_dir():
     """The folder that holds the engines' Maven projects (``opensearch/``, ``elasticsearch/``).
 
-    ``IMAGE_MATCH_ENGINES_DIR`` if set, else ``engines/`` beside the package in a source checkout.
-    Raises ImageMatchError when neither holds the projects (an installed wheel has no launchers).
+    ``IMAGE_MATCH_ENGINES_DIR`` if set (a relative path is taken from the current directory), else
+    ``engines/`` beside the package in a source checkout, else the copy of it that every install
+    ships (``image_match/engine_sources``, package data; built in :func:`launcher_dir`).
+    Raises ImageMatchError when none holds the projects.
     """
     configured = os.environ.get("IMAGE_MATCH_ENGINES_DIR", "").strip()
-    candidate = Path(configured) if configured else Path(__file__).resolve().parent.parent / "engines"
-    if (candidate / "opensearch" / "pom.xml").is_file():
-        return candidate
-    where = f"IMAGE_MATCH_ENGINES_DIR={configured}" if configured else str(candidate)
+    here = Path(__file__).resolve().parent
+    # Resolved now: the JVM runs in the node's folder, where a relative classpath finds nothing.
+    candidates = ([Path(configured).expanduser().resolve()] if configured
+                  else [here.parent / "engines", here / _PACKAGED_ENGINES])
+    for candidate in candidates:
+        if (candidate / "opensearch" / "pom.xml").is_file():
+            return candidate
+    where = f"IMAGE_MATCH_ENGINES_DIR={configured}" if configured else " or ".join(map(str, candidates))
     raise ImageMatchError(
         f"engine launchers not found in {where}: set IMAGE_MATCH_ENGINES_DIR to the engines/ folder "
-        "of an image-match source checkout")
+        "of an image-match source checkout, or reinstall image-match from its repository")
+
+
+def _data_home():
+    return Path(os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share"))
 
 
 def default_data_dir(kind="opensearch"):
     """Where a user's node keeps its data: ``$XDG_DATA_HOME/image-match/engines/<kind>``
     (``~/.local/share`` when XDG_DATA_HOME is not set), like the default SQLite store."""
     _check_kind(kind)
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
-    return Path(base) / "image-match" / "engines" / kind
+    return _data_home() / "image-match" / "engines" / kind
+
+
+def launcher_dir(kind="opensearch"):
+    """Where an installed package builds the launcher of ``kind``:
+    ``$XDG_DATA_HOME/image-match/engine-launchers/<kind>``, a copy of its Maven project (the
+    package's own folder may not be writable, and pip would not remove a build left in it)."""
+    _check_kind(kind)
+    return _data_home() / "image-match" / "engine-launchers" / kind
+
+
+def _project(kind):
+    """The Maven project to build ``kind`` in: the source checkout's (or IMAGE_MATCH_ENGINES_DIR's)
+    own folder, or for an installed package its copy in :func:`launcher_dir`, brought up to date."""
+    source = engines_dir() / kind
+    if source.parent.name != _PACKAGED_ENGINES or source.parent.parent != Path(__file__).resolve().parent:
+        return source
+    copy = launcher_dir(kind)
+    wanted = {path.relative_to(source) for path in [source / "pom.xml", *(source / "src").rglob("*")]
+              if path.is_file()}
+    # Only files whose bytes changed are written: their new mtime makes the next build run, and
+    # an unchanged copy is not built again.
+    for relative in wanted:
+        data = (source / relative).read_bytes()
+        target = copy / relative
+        if not target.is_file() or target.read_bytes() != data:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+    for stale in [path for path in (copy / "src").rglob("*") if path.is_file()]:
+        if stale.relative_to(copy) not in wanted:  # a source file a newer version dropped
+            _remove(stale)
+    return copy
+
+
+def needs_build(kind="opensearch"):
+    """True when :func:`build` (and so the next :func:`start`) will run Maven for ``kind``."""
+    _check_kind(kind)
+    return not _is_built(_project(kind))
 
 
 def build(kind="opensearch", mvn="mvn"):
@@ -106,7 +158,7 @@ def build(kind="opensearch", mvn="mvn"):
     test workers) wait for one another on a lock file instead of building twice.
     """
     _check_kind(kind)
-    project = engines_dir() / kind
+    project = _project(kind)
     target = project / "target"
     classpath = f"{target / 'classes'}{os.pathsep}{target / 'lib' / '*'}"
     if _is_built(project):
@@ -216,6 +268,7 @@ class LocalEngine:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.is_running():
+                _wait_until_reaped(self.pid, _REAP_GRACE)
                 return True
             time.sleep(0.1)
         return False
@@ -648,6 +701,30 @@ def _is_our_jvm(pid, kind):
         return _MAIN_CLASS[kind].encode() in cmdline
     except (OSError, IndexError, ValueError):
         return False
+
+
+def _wait_until_reaped(pid, grace):
+    """Wait up to ``grace`` seconds for a finished node to leave the process table.
+
+    Its threads are gone and its port closed, but until its parent reaps it, it stays listed (a
+    zombie, ``java <defunct>``): ``stop`` returning then looks as if the JVM outlived it. A node
+    started by this process, which no longer holds its Popen, is reaped here; another's parent
+    (init, once the starting command has ended) reaps it within about a second.
+    """
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return  # gone (or no /proc to tell)
+        if fields[0] not in ("Z", "X"):
+            return  # the pid is already another process's
+        if int(fields[1]) == os.getpid():
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.05)
 
 
 def _signal(pid, signum):

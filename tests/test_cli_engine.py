@@ -128,3 +128,78 @@ def test_engine_start_status_stop(tmp_path, opensearch_url):
         stopped = run("engine", "stop", "--data-dir", data)
     assert stopped.exit_code == 0 and stopped.stdout.startswith("stopped opensearch")
     assert run("engine", "status", "--data-dir", data).stdout.strip() == "no engine running"
+
+
+# --- engine start/stop as a user runs them: separate processes ------------------------------------
+
+def _command(*args, env=None, cwd=None):
+    """``image-match ARGS`` in a process of its own (as a user runs it: the node outlives it)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "image_match", *map(str, args)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _start_or_skip(data, *options, env=None, cwd=None):
+    started = _command("engine", "start", "--heap", "256m", "--data-dir", data, *options, env=env,
+                       cwd=cwd)
+    if started.returncode != 0 and not os.environ.get("IMAGE_MATCH_TEST_REQUIRE_ENGINES"):
+        pytest.skip(f"cannot start a second node here: {started.stderr.strip()}")
+    assert started.returncode == 0, started.stderr
+    return started
+
+
+def _gone(pid):
+    """True once no process has this pid (a zombie waiting for its parent still has it)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def test_engine_start_q_prints_the_url_and_stop_returns_once_the_jvm_is_gone(tmp_path,
+                                                                             opensearch_url):
+    from image_match import local_engine
+
+    local_engine.build("opensearch")  # built before: no start may then speak of building it
+    data = tmp_path / "node"
+    started = _start_or_skip(data, "-q")
+    try:
+        url = started.stdout.strip()
+        assert started.stdout == url + "\n" and url.startswith("http://127.0.0.1:"), started.stdout
+        assert started.stderr == ""
+        assert _command("engine", "status", "-q", "--data-dir", data).stdout == url + "\n"
+        pid = local_engine.status(data).pid
+    finally:
+        stopped = _command("engine", "stop", "--data-dir", data)
+    assert stopped.returncode == 0 and stopped.stdout.startswith("stopped opensearch")
+    assert _gone(pid), "engine stop returned while the JVM's process was still there"
+    assert not local_engine.port_is_open(int(url.rsplit(":", 1)[1]))
+    none = _command("engine", "status", "-q", "--data-dir", data)
+    assert none.returncode == 1 and none.stdout == ""
+
+    again = _start_or_skip(data)  # without -q: a sentence, and nothing about Maven
+    try:
+        assert again.stdout.startswith("opensearch 2.19.") and "running at http://127.0.0.1:" in again.stdout
+        assert "Maven" not in again.stderr and again.stderr.startswith("starting opensearch...")
+    finally:
+        assert _command("engine", "stop", "--data-dir", data).returncode == 0
+
+
+def test_a_relative_engines_dir_is_taken_from_the_current_directory(tmp_path, opensearch_url):
+    from pathlib import Path
+
+    from image_match import local_engine
+
+    engines = Path(local_engine.__file__).resolve().parent.parent / "engines"
+    if not (engines / "opensearch" / "pom.xml").is_file():
+        pytest.skip("not a source checkout")
+    # IMAGE_MATCH_ENGINES_DIR=engines in the checkout, as a user sets it (a path of many ".."
+    # would still reach it from the node's folder, "/.." being "/").
+    env = dict(os.environ, IMAGE_MATCH_ENGINES_DIR="engines")
+    data = tmp_path / "node"
+    started = _command("engine", "start", "--heap", "256m", "--data-dir", data, "--json", env=env,
+                       cwd=engines.parent)  # the JVM runs in data, where engines/ is not
+    assert started.returncode == 0, started.stderr
+    try:
+        assert json.loads(started.stdout)["version"].startswith("2.19.")
+    finally:
+        assert _command("engine", "stop", "--data-dir", data).returncode == 0
