@@ -346,11 +346,12 @@ def _register_celery_commands():
 def _register_unavailable(names, error):
     """Commands that say why they cannot run, instead of breaking the whole command line."""
     from .errors import ImageMatchError
+    from .extras import install_command
 
     for name in names:
         def unavailable(**_):
             raise ImageMatchError(f"the {' / '.join(names)} commands cannot load: {error} "
-                                  "(pip install 'image-match[celery]')")
+                                  f"({install_command('celery')})")
 
         main.add_command(click.Command(name, callback=unavailable, context_settings={
             "ignore_unknown_options": True, "allow_extra_args": True},

@@ -34,7 +34,7 @@ REQUIRED = bool(os.environ.get("IMAGE_MATCH_TEST_REQUIRE_FUZZER"))
 
 
 @pytest.mark.skipif(not HAVE_ATHERIS and not REQUIRED,
-                    reason="atheris is not installed (pip install 'image-match[fuzz]')")
+                    reason="atheris is not installed (pip install 'atheris>=2.3')")
 @pytest.mark.parametrize("target, runs", [("image", 3000), ("store_url", 20000),
                                           ("key_value", 20000)])
 def test_a_short_round_of_coverage_guided_fuzzing_finds_nothing(target, runs, tmp_path):

@@ -373,7 +373,7 @@ def test_without_celery_a_command_says_what_to_install(arguments):
     result = run_python(code)
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
-    assert "pip install 'image-match[celery]'" in result.stderr
+    assert "pip install 'celery[redis]>=5.3' 'redis>=4.5'" in result.stderr
 
 
 def test_a_relative_sqlite_store_is_made_absolute(tmp_path, monkeypatch):

@@ -97,7 +97,8 @@ def open_database(url, **kwargs):
     """Open (creating it if needed) the store at ``url``; ``kwargs`` go to the driver.
 
     A new store gets ``NEW_STORE_DEFAULTS`` for the parameters ``kwargs`` does not give; an
-    existing one keeps the parameters it recorded (or a 1.x index, 1.x's).
+    existing one keeps the parameters it recorded (or a 1.x index, 1.x's). The handle has
+    ``refresh_adds=True``: what ``add_image``/``add_images`` stored, the next search finds.
 
     Raises
     ------
@@ -117,4 +118,5 @@ def open_database(url, **kwargs):
 
 
 def _with_defaults(kwargs):
-    return {"new_store_defaults": NEW_STORE_DEFAULTS, **kwargs}
+    # refresh_adds: a record add_image stored is found by the next search, also on an engine.
+    return {"new_store_defaults": NEW_STORE_DEFAULTS, "refresh_adds": True, **kwargs}

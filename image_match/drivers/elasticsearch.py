@@ -74,6 +74,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from ..errors import DatabaseError, InvalidParameterError
+from ..extras import install_command
 from ..records import (Record, filter_matches, indexed_window_terms, pack_signatures,
                        pack_windows, packed_size, unpack_signatures, unpack_windows)
 from ..signature_database_base import CUTOFF_1X, SignatureDatabaseBase, scored_candidates
@@ -1005,7 +1006,7 @@ def open_search_engine(url, client_options=None, request_timeout=30, **kwargs):
             import opensearchpy
         except ImportError:
             raise DatabaseError(f"{where}: OpenSearch {version} needs opensearch-py: "
-                                "pip install 'image-match[opensearch]'") from None
+                                f"{install_command('opensearch')}") from None
         factory = opensearchpy.OpenSearch
         auth = {"http_auth": (username, password)} if username is not None else {}
         timeouts = {"timeout": request_timeout}
@@ -1049,10 +1050,10 @@ def check_client_version(server_major, client_major):
 
 
 def client_install(server_major):
-    """What to install for an Elasticsearch of ``server_major``: the extra of its client
-    (setup.cfg has one per major the driver knows)."""
+    """What to install for an Elasticsearch of ``server_major``: the client of the extra of its
+    major (setup.cfg has one per major the driver knows)."""
     if server_major in (7, 8, 9):
-        return f"pip install 'image-match[elasticsearch{server_major}]'"
+        return install_command(f"elasticsearch{server_major}")
     return f"pip install 'elasticsearch>={server_major},<{server_major + 1}'"
 
 

@@ -13,10 +13,10 @@ import click
 
 from ..cli_common import EXIT_FAILURE, database_url, db_option, json_line, output_options, state_of
 from ..errors import ImageMatchError
+from ..extras import install_command
 from . import config
 from .submit import DEFAULT_BATCH_SIZE
 
-INSTALL_HINT = "pip install 'image-match[celery]'"
 FAILURES_SHOWN = 50
 # Seconds a command waits for an unreachable broker before saying so (a command that waits for a
 # job rides out longer outages: see submit.wait).
@@ -32,7 +32,7 @@ def _need(*modules):
             importlib.import_module(name)
         except ImportError:
             raise ImageMatchError(f"bulk ingestion needs Celery and redis-py ({name} is missing): "
-                                  f"{INSTALL_HINT}") from None
+                                  f"{install_command('celery')}") from None
 
 
 def _jobs():

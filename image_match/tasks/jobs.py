@@ -46,6 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .. import settings
 from ..errors import ImageMatchError
+from ..extras import install_command
 
 _PREFIX = "image-match:job:"
 ACTIVE = "image-match:jobs"
@@ -182,7 +183,7 @@ def redis_client(url=None, patience=30.0):
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
     except ImportError:
-        raise ImageMatchError("jobs need redis-py: pip install 'image-match[celery]'") from None
+        raise ImageMatchError(f"jobs need redis-py: {install_command('celery')}") from None
     url = url or settings.get("BROKER_URL")
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
         raise ImageMatchError(f"{mask_password(url)}: jobs are kept in Redis; "
