@@ -179,7 +179,7 @@ def serve(db_url, host, port, workers, no_auth):
 
     dsys/match's API at the root (/add, /search, /compare, /delete, /count, /list, /ping) and
     the JSON API under /v1, described by /openapi.json. Prints the URL it serves on.
-    Needs pip install 'image-match[server]'.
+    Needs the [server] extra (pip install '.[server]' in image-match's folder).
     """
     from .server import serve as run
 

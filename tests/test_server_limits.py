@@ -255,7 +255,7 @@ def test_jobs_without_celery_get_501(database, tmp_path):
     env = {"PYTHONPATH": f"{missing.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     with ServiceProcess(database, env) as service:
         response = requests.post(service.url + "/v1/jobs", json={"urls": ["http://a.org/b.jpg"]})
-        problem(response, 501, "pip install 'image-match[celery]'")
+        problem(response, 501, "pip install 'celery[redis]>=5.3' 'redis>=4.5'")
         problem(requests.get(service.url + "/v1/jobs/abc"), 501, "celery is missing")
         assert requests.post(service.url + "/v1/search",
                              files={"image": upload(PHOTO.read_bytes())}).status_code == 200

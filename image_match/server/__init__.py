@@ -1,5 +1,5 @@
-"""The service: ``image-match serve``, a REST API over a store (FastAPI on uvicorn; ``pip install
-'image-match[server]'``).
+"""The service: ``image-match serve``, a REST API over a store (FastAPI on uvicorn; the
+``[server]`` extra).
 
 ::
 

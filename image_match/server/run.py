@@ -20,6 +20,7 @@ import tempfile
 from .. import __version__, settings
 from ..drivers import open_database
 from ..errors import ImageMatchError, InvalidParameterError
+from ..extras import install_command
 from .auth import Keys
 
 APP = "image_match.server.app:create_app"
@@ -118,8 +119,8 @@ def _need_server_extra():
                             ("python_multipart", "python-multipart")):
         if importlib.util.find_spec(module) is None and not (
                 module == "python_multipart" and importlib.util.find_spec("multipart")):
-            raise ImageMatchError(f"the service needs {package}: pip install "
-                                  "'image-match[server]'")
+            raise ImageMatchError(f"the service needs {package}: "
+                                  f"{install_command('server')}")
 
 
 class _Stopped(Exception):

@@ -38,6 +38,7 @@ from .. import __version__, fetching
 from ..drivers import open_database
 from ..errors import (CorruptImageError, DatabaseError, FetchError, ImageLoadError, ImageMatchError,
                       InvalidParameterError, RecordNotFoundError, UnavailableError)
+from ..extras import install_command
 from ..goldberg import normalized_distance, signature_variants
 from ..records import content_id, default_id, normalize_filter
 from ..signature_database_base import check_record_ids
@@ -513,7 +514,7 @@ class Service:
                     import redis  # noqa: F401
                 except ImportError as error:
                     raise NotConfigured(f"jobs need Celery and redis-py ({error.name} is missing):"
-                                        " pip install 'image-match[celery]'") from None
+                                        f" {install_command('celery')}") from None
                 from ..tasks.jobs import Jobs, redis_client
                 from ..tasks.worker import make_app
 

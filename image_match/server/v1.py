@@ -266,7 +266,7 @@ _REASONS = {400: "the request is malformed (the detail names the field)",
             "(corner_crops without crop windows)", 413: "the body is larger than "
             "IMAGE_MATCH_MAX_UPLOAD_BYTES", 415: "not multipart/form-data or JSON, or the upload "
             "is not an image format", 422: "the image cannot be read, or its URL gives none",
-            501: "jobs need Celery (pip install 'image-match[celery]')",
+            501: "jobs need Celery (image-match's [celery] extra)",
             502: "the URL's host failed (timeout, HTTP 5xx)",
             503: "busy (the signing queue is full), or the engine or broker is down: see "
             "Retry-After"}
