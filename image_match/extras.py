@@ -1,8 +1,8 @@
 """What to install for an optional part of image-match, as a command a user can paste.
 
-The name ``image-match`` on PyPI is image-match 1.x's (1.1.2, 2017), so a hint must never be
-``pip install 'image-match[opensearch]'``: on a machine without image-match 2 installed from its
-repository it would install 1.x. A hint names the packages an extra adds instead, read from the
+The name ``image-match`` on PyPI is image-match 1.x's (1.1.2, 2017), so a hint must never ask pip
+for image-match itself with an extra: on a machine without image-match 2 installed from its
+repository that installs 1.x. A hint names the packages an extra adds instead, read from the
 installed distribution's own metadata (setup.cfg's ``[options.extras_require]``), so it can neither
 drift from the extras nor reach for the wrong project.
 """
