@@ -164,3 +164,41 @@ def open_luma_draft(path):
         requested = (math.ceil(width * factor), math.ceil(height * factor))
     image.draft("L", requested)
     return image, (height, width)
+
+
+def child_pids(pid):
+    """The pids of ``pid``'s children, from /proc (Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return sorted(found)
+
+
+def rss_bytes(pid):
+    """Resident memory of a process, from /proc (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss(pids):
+    """Resident bytes of these processes and all their descendants."""
+    todo, seen, total = list(pids), set(), 0
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            total += rss_bytes(pid)
+            todo += child_pids(pid)
+    return total

@@ -74,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common import CACHE, corpus_paths, machine_line, print_table  # noqa: E402
+from common import CACHE, corpus_paths, machine_line, print_table, tree_rss  # noqa: E402
 from image_match.drivers import open_database  # noqa: E402
 from image_match.goldberg import normalized_distance  # noqa: E402
 
@@ -365,32 +365,6 @@ def open_loop(call, items, rate, seconds, sample_every, pids):
     result = summary(latencies, errors[0], elapsed)
     result["rss"] = samples
     return result
-
-
-def tree_rss(pids):
-    """Resident bytes of these processes and all their descendants (Linux /proc)."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    todo, seen, total = list(pids), set(), 0
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            with open(f"/proc/{pid}/statm") as statm:
-                total += int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            continue
-        todo += children.get(pid, [])
-    return total
 
 
 # --- servers -----------------------------------------------------------------------------------

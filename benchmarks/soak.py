@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from PIL import Image, ImageEnhance, ImageOps  # noqa: E402
 
-from common import CACHE, corpus_paths, machine_line, print_table  # noqa: E402
+from common import CACHE, child_pids, corpus_paths, machine_line, print_table, rss_bytes  # noqa: E402
 from ingest_throughput import Process, http_server  # noqa: E402
 from redis_server import RedisServer  # noqa: E402  (tests/redis_server.py)
 
@@ -101,31 +101,6 @@ def make_images(count, processes=2):
                                                in missing.items()]):
                 pass
     return target, names
-
-
-def rss_bytes(pid):
-    """Resident memory of a process, from /proc (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def children(pid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return sorted(found)
 
 
 class Searches(threading.Thread):
@@ -218,7 +193,7 @@ def main():
         marks, samples = [], []  # (seconds); (seconds, settled, {pid: rss})
 
         def sample(settled):
-            pids = [worker.popen.pid, *children(worker.popen.pid)]
+            pids = [worker.popen.pid, *child_pids(worker.popen.pid)]
             samples.append((time.monotonic() - started, settled,
                             {pid: rss_bytes(pid) for pid in pids}))
 
